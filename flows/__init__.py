@@ -1,0 +1,1 @@
+"""Prefect flows and deployments (scheduled retraining, evaluations, promotion)."""

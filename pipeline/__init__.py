@@ -1,0 +1,1 @@
+"""DVC stage entry points and the project's only MLflow code."""

@@ -1,0 +1,114 @@
+"""The `slim` command line: one subcommand per pipeline step (each is also what a DVC stage runs)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="SLiM skeleton-encoder pipeline: ingest raw skeletons, split, pretrain, evaluate, measure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class RawFormat(str, Enum):
+    ntu = "ntu"
+    nw_ucla = "nw-ucla"
+    npz = "npz"
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def _print_json(doc: dict) -> None:
+    typer.echo(json.dumps(doc, indent=2))
+
+
+@app.command()
+def ingest(
+    src: Annotated[Path, typer.Argument(help="Folder of raw files (searched recursively).")],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder: sequences.parquet, quarantine.jsonl, summary.json.")],
+    format: Annotated[RawFormat, typer.Option("--format", "-f", help="Raw format of the files in SRC.")],
+    max_bad_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fail if more than this share of files is malformed.")
+    ] = 0.05,
+    workers: Annotated[int, typer.Option(min=0, help="Parsing processes (0 = one per core).")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Ingest raw skeleton files into one Parquet dataset; malformed files go to quarantine.jsonl."""
+    from pipeline.ingest import run
+
+    if not src.is_dir():
+        _fail(f"source folder {src} does not exist")
+    try:
+        summary = run(format.value, src, out_dir, max_bad_fraction, workers or None, progress=progress)
+    except ValueError as exc:
+        _fail(str(exc))
+    _print_json(summary)
+
+
+@app.command()
+def split(
+    protocol: Annotated[str, typer.Argument(help="Protocol name, e.g. ucla-xview, ntu60-xsub (see `slim protocols`).")],
+    parquet: Annotated[Path, typer.Argument(help="sequences.parquet written by `slim ingest`.")],
+    out: Annotated[Path, typer.Argument(help="JSON file to write with the train/test sample ids.")],
+) -> None:
+    """Split an ingested dataset into train/test sample ids under an evaluation protocol."""
+    from pipeline.split import run
+
+    if not parquet.is_file():
+        _fail(f"{parquet} does not exist: run `slim ingest` first")
+    try:
+        _print_json(run(protocol, parquet, out))
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def protocols() -> None:
+    """List the evaluation protocols and the dataset each one splits."""
+    from slim.data.splits import PROTOCOLS
+
+    for p in PROTOCOLS.values():
+        typer.echo(f"{p.name:14s} {p.dataset:8s} {p.description}")
+
+
+@app.command()
+def layouts() -> None:
+    """Show the skeleton layouts: joints, parents, mirror pairs, body-part groups."""
+    from slim.layouts import LAYOUTS
+
+    for layout in LAYOUTS.values():
+        typer.echo(f"{layout.name}: {layout.num_joints} joints, root {layout.root}, centre {layout.centre}")
+        for j, name in enumerate(layout.joint_names):
+            parent = layout.parents[j]
+            mirror = layout.mirror_permutation[j]
+            typer.echo(
+                f"  {j:2d} {name:16s} parent {parent:3d}  mirror {mirror:2d}  {layout.group_of_joint[j]}"
+            )
+
+
+@app.command("check-params")
+def check_params(
+    path: Annotated[Path, typer.Argument(help="Parameters file.")] = Path("params.yaml"),
+) -> None:
+    """Validate params.yaml (unknown keys, bad values, protocol/dataset mismatches)."""
+    from pipeline.params import ParamsError, load_params
+
+    try:
+        load_params(path)
+    except ParamsError as exc:
+        _fail(str(exc))
+    typer.echo(f"{path}: ok")
+
+
+if __name__ == "__main__":
+    app()

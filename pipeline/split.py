@@ -1,0 +1,27 @@
+"""DVC stage `split@<protocol>`: train/test sample ids of an ingested dataset, as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from slim.atomic import atomic_write_text
+from slim.data.splits import SampleMeta, get_protocol, split_samples
+
+META_COLUMNS = ["sample_id", "label", "subject", "view", "setup"]
+
+
+def read_sample_meta(parquet_path: Path) -> list[SampleMeta]:
+    table = pq.read_table(parquet_path, columns=META_COLUMNS)
+    return [SampleMeta(**row) for row in table.to_pylist()]
+
+
+def run(protocol_name: str, parquet_path: Path, out_path: Path) -> dict:
+    """Write `{"protocol", "dataset", "train": [...], "test": [...]}` to `out_path`; return counts."""
+    protocol = get_protocol(protocol_name)
+    split = split_samples(protocol, read_sample_meta(parquet_path))
+    doc = {"protocol": protocol.name, "dataset": protocol.dataset, "description": protocol.description, **split}
+    atomic_write_text(out_path, json.dumps(doc, indent=1) + "\n")
+    return {"protocol": protocol.name, "train": len(split["train"]), "test": len(split["test"])}

@@ -1,0 +1,1 @@
+"""SLiM: decoder-free masked modelling for skeleton action representations (the library)."""

@@ -1,0 +1,1 @@
+"""Skeleton data: readers of raw formats, the Parquet schema, preprocessing transforms."""

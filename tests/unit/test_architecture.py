@@ -1,0 +1,30 @@
+"""The library stays pure: no MLOps framework or pipeline code is imported anywhere in slim/."""
+
+import ast
+from pathlib import Path
+
+FORBIDDEN = {"dvc", "mlflow", "prefect", "pipeline", "flows"}
+SLIM = Path(__file__).resolve().parents[2] / "slim"
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_library_imports_no_mlops_framework():
+    files = sorted(SLIM.rglob("*.py"))
+    assert len(files) > 3
+    offenders = {str(f.relative_to(SLIM)): sorted(_imported_roots(f) & FORBIDDEN) for f in files}
+    assert {f: bad for f, bad in offenders.items() if bad} == {}
+
+
+def test_checker_sees_imports(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nfrom mlflow.tracking import MlflowClient\nimport prefect.flows as pf\n")
+    assert _imported_roots(bad) >= {"mlflow", "prefect", "os"}
