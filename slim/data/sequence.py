@@ -21,8 +21,8 @@ class SkeletonSequence:
     layout: str
     label: int  # 0-based class index
     action: str
-    subject: int
-    view: int  # camera / view id
+    subject: int | None
+    view: int | None  # camera / view id
     setup: int | None
     replication: int | None
     joints: np.ndarray
