@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +17,15 @@ app = typer.Typer(
 )
 
 
-class RawFormat(str, Enum):
+class RawFormat(StrEnum):
     ntu = "ntu"
     nw_ucla = "nw-ucla"
     npz = "npz"
+
+
+class Method(StrEnum):
+    slim = "slim"
+    mae = "mae"
 
 
 def _fail(message: str) -> None:
@@ -70,6 +75,91 @@ def split(
         _print_json(run(protocol, parquet, out))
     except ValueError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def pretrain(
+    method: Annotated[Method, typer.Option("--method", "-m", help="slim (the paper's method) or mae (the MAMP-style baseline).")],
+    split: Annotated[Path, typer.Option(help="Split JSON written by `slim split`; its `train` ids are pretrained on.")],
+    data: Annotated[Path, typer.Option(help="sequences.parquet written by `slim ingest`.")],
+    out: Annotated[Path, typer.Option(help="Output folder: encoder.pt, metrics.json, plots.csv, checkpoints/.")],
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in OUT/checkpoints (else start over).")] = False,
+    profile: Annotated[
+        str | None, typer.Option(help="Profile in params.yaml `pretrain.profiles` (default: `pretrain.profile`), e.g. demo, paper.")
+    ] = None,
+    params: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (else one line per checkpoint).")] = True,
+) -> None:
+    """Pretrain an encoder (SLiM or MAE) on the training split; for DDP run it under
+    `torchrun --nproc_per_node N -m pipeline.cli pretrain ...`. Without --resume, old checkpoints in
+    OUT are deleted."""
+    from pipeline.params import ParamsError
+    from pipeline.pretrain import run
+
+    for path, what in ((split, "split file"), (data, "dataset"), (params, "parameters file")):
+        if not path.is_file():
+            _fail(f"{what} {path} does not exist")
+    try:
+        metrics = run(method.value, split, data, out, resume=resume, profile=profile, params_path=params, progress=progress)
+    except (ParamsError, ValueError) as exc:
+        _fail(str(exc))
+    _print_json(metrics)
+
+
+class EvalProtocol(StrEnum):
+    linear = "linear"
+    knn = "knn"
+    semi1 = "semi1"
+    semi10 = "semi10"
+    finetune = "finetune"
+
+
+@app.command()
+def evaluate(
+    protocol: Annotated[
+        EvalProtocol,
+        typer.Option(
+            "--protocol",
+            "-p",
+            help="linear / knn: linear probe / kNN on frozen features; semi1 / semi10 / finetune: "
+            "fine-tune on 1% / 10% / all of the training labels.",
+        ),
+    ],
+    encoder: Annotated[
+        str,
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="A pretrained encoder (models/<method>/encoder.pt), or an anchor: raw (joint coordinates; "
+            "linear, knn), random[:slim|mae] (random init; linear, knn), supervised[:slim|mae] (trained "
+            "from scratch; semi1, semi10, finetune). Anchors take the encoder config of the pretrain "
+            "profile (default slim).",
+        ),
+    ],
+    split: Annotated[Path, typer.Option(help="Split JSON written by `slim split` (any dataset with the encoder's layout).")],
+    data: Annotated[Path, typer.Option(help="sequences.parquet written by `slim ingest`.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Output folder: metrics.json, per_class.csv, predictions.csv, confusion.png, embedding.png."),
+    ],
+    profile: Annotated[
+        str | None, typer.Option(help="Profile in params.yaml `evaluate.profiles` (default: `evaluate.profile`), e.g. demo, full.")
+    ] = None,
+    params: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option(help="Show progress bars while extracting features.")] = True,
+) -> None:
+    """Evaluate an encoder (or an anchor) under one downstream protocol; prints the metrics."""
+    from pipeline.evaluate import run
+    from pipeline.params import ParamsError
+
+    for path, what in ((split, "split file"), (data, "dataset"), (params, "parameters file")):
+        if not path.is_file():
+            _fail(f"{what} {path} does not exist")
+    try:
+        metrics = run(protocol.value, encoder, split, data, out, profile=profile, params_path=params, progress=progress)
+    except (ParamsError, ValueError) as exc:
+        _fail(str(exc))
+    _print_json({k: v for k, v in metrics.items() if k != "per_class"})
 
 
 @app.command()

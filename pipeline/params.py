@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,10 +28,126 @@ class IngestParams(_Strict):
     workers: int = Field(0, ge=0, description="parsing processes; 0 = one per core")
 
 
+Pair = tuple[float, float]
+
+
+class SLiMPretrainParams(_Strict):
+    steps: int = Field(gt=0, description="optimiser steps")
+    momentum: Pair = Field((0.994, 1.0), description="teacher EMA momentum, cosine start -> end")
+    teacher_temp: Pair = Field((0.04, 0.07), description="teacher temperature, linear warm-up start -> end")
+    freeze_last_layer_steps: int = Field(0, ge=0, description="steps with the prototype layers' lr at 0")
+    model: dict[str, Any] = Field(default_factory=dict, description="SLiMConfig overrides (encoder: {...})")
+    views: dict[str, Any] = Field(default_factory=dict, description="ViewConfig overrides")
+
+
+class MAEPretrainParams(_Strict):
+    steps: int = Field(gt=0, description="optimiser steps")
+    model: dict[str, Any] = Field(default_factory=dict, description="MAEConfig overrides")
+
+
+class PretrainProfile(_Strict):
+    """One pretraining setting for both methods; `slim pretrain --profile NAME` picks it."""
+
+    seed: int = 0
+    batch_size: int = Field(gt=0, description="global batch, split over DDP processes")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="CUDA only; CPU runs fp32")
+    threads: int = Field(0, ge=0, description="torch threads per process; 0 = one per core")
+    num_workers: int = Field(0, ge=0, description="data-loading processes")
+    checkpoint_every: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    lr: float = Field(2e-4, gt=0, description="peak lr at batch 1024, scaled by sqrt(batch/1024)")
+    final_lr: float = Field(1e-6, ge=0)
+    weight_decay: Pair = Field((0.04, 0.2), description="cosine start -> end")
+    clip_grad: float = Field(3.0, gt=0)
+    slim: SLiMPretrainParams
+    mae: MAEPretrainParams
+
+    @model_validator(mode="after")
+    def _model_overrides_are_valid(self) -> PretrainProfile:
+        from slim.train import config_from_dict, model_config
+        from slim.views import ViewConfig
+
+        model_config("slim", self.slim.model, num_joints=25)
+        model_config("mae", self.mae.model, num_joints=25)
+        config_from_dict(ViewConfig, self.slim.views, "views")
+        return self
+
+
+class PretrainParams(_Strict):
+    profile: str = Field(description="the profile the DVC stage `pretrain` runs")
+    profiles: dict[str, PretrainProfile]
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> PretrainParams:
+        if self.profile not in self.profiles:
+            raise ValueError(f"pretrain.profile {self.profile!r} is not in pretrain.profiles ({', '.join(self.profiles)})")
+        return self
+
+
+FrozenProtocol = Literal["linear", "knn"]
+FinetuneProtocol = Literal["semi1", "semi10", "finetune"]
+
+
+class SemiParams(_Strict):
+    fraction: float = Field(gt=0.0, lt=1.0, description="share of the training labels (class-balanced, seeded)")
+    epochs: int = Field(gt=0, description="fine-tuning epochs on the subset (replaces `finetune.epochs`)")
+
+
+class EvaluateProfile(_Strict):
+    """Settings of every protocol; `slim evaluate --profile NAME` picks one."""
+
+    seed: int = Field(0, description="probe/head init, shuffling, label subsets, random-init anchors, t-SNE")
+    threads: int = Field(0, ge=0, description="torch threads; 0 = one per core")
+    batch_size: int = Field(128, gt=0, description="clips per forward pass when extracting features")
+    knn_ks: tuple[int, ...] = Field((1, 20), min_length=1, description="neighbours; the first is the headline")
+    knn_temperature: float = Field(0.07, gt=0)
+    linear: dict[str, Any] = Field(default_factory=dict, description="LinearProbeConfig overrides")
+    finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig overrides")
+    semi1: SemiParams
+    semi10: SemiParams
+
+    @model_validator(mode="after")
+    def _overrides_are_valid(self) -> EvaluateProfile:
+        from slim.evaluation import FinetuneConfig, LinearProbeConfig
+        from slim.train import config_from_dict
+
+        if min(self.knn_ks) < 1:
+            raise ValueError(f"knn_ks must be positive, got {self.knn_ks}")
+        for name, cls in (("linear", LinearProbeConfig), ("finetune", FinetuneConfig)):
+            overrides = getattr(self, name)
+            if "seed" in overrides:
+                raise ValueError(f"evaluate {name}: set `seed` once, at the profile level")
+            config_from_dict(cls, overrides, f"evaluate.{name}")
+        return self
+
+
+class EvaluateDag(_Strict):
+    """Which evaluations `dvc repro` runs (dvc.yaml's evaluate stages expand these lists)."""
+
+    methods: list[Literal["slim", "mae"]] = Field(description="pretrained encoders models/<method>/encoder.pt")
+    frozen: list[FrozenProtocol] = Field(description="protocols of every method and of the raw and random anchors")
+    finetuned: list[FinetuneProtocol] = Field(description="protocols of `finetuned_methods` and the supervised anchor")
+    finetuned_methods: list[Literal["slim", "mae"]] = Field(description="methods fine-tuned under `finetuned`")
+
+
+class EvaluateParams(_Strict):
+    profile: str = Field(description="the profile the DVC evaluate stages run")
+    dag: EvaluateDag
+    profiles: dict[str, EvaluateProfile]
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> EvaluateParams:
+        if self.profile not in self.profiles:
+            raise ValueError(f"evaluate.profile {self.profile!r} is not in evaluate.profiles ({', '.join(self.profiles)})")
+        return self
+
+
 class Params(_Strict):
     datasets: dict[str, DatasetParams]
     ingest: IngestParams = IngestParams()
     protocols: dict[str, str] = Field(description="protocol name -> dataset it splits")
+    pretrain: PretrainParams | None = None
+    evaluate: EvaluateParams | None = None
 
     @model_validator(mode="after")
     def _protocols_match_datasets(self) -> Params:
