@@ -25,10 +25,13 @@ $(INSTALLED): pyproject.toml
 demo: install
 	dvc repro
 	@echo
-	@dvc metrics show
+	@dvc metrics show --precision 3
 	@echo
 	@echo "Results: Parquet datasets in data/parquet/<dataset>/ (quarantine.jsonl beside each),"
-	@echo "         train/test splits in data/splits/<protocol>.json; 'dvc dag' draws the pipeline."
+	@echo "         train/test splits in data/splits/<protocol>.json,"
+	@echo "         encoders in models/<method>/encoder.pt (loss curves: models/<method>/plots.csv),"
+	@echo "         evaluations in reports/<protocol>/<encoder>/ (metrics.json, confusion.png, embedding.png)."
+	@echo "         'dvc metrics show' tabulates them, 'dvc plots show' renders the plots, 'dvc dag' draws the DAG."
 
 test: install
 	$(BIN)/python -m pytest
