@@ -36,7 +36,7 @@ class MAEConfig:
     decoder_depth: int = 5
     decoder_heads: int = 8
     mask_ratio: float = 0.9
-    norm_target: bool = True  # MAE's norm_pix_loss: standardise each target patch (MAMP does too)
+    norm_target: bool = True  # standardise each target patch (MAE's norm_pix_loss); False: raw motion
 
     def __post_init__(self):
         if self.num_frames % self.patch_size:

@@ -9,6 +9,7 @@ from slim.flops import (
     count_flops,
     count_flops_of,
     count_params,
+    inference_report,
     interleaved_median_seconds,
     measure_matmul_gflops,
     measure_throughput,
@@ -70,3 +71,25 @@ def test_timing_helpers():
         {"a": lambda: None, "b": lambda: sum(range(1000))}, warmup=0, repeats=3
     )
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_inference_report_protocols_are_consistent():
+    encoders = {
+        "slim": build("slim", "ucla20", dim=32, depth=1, heads=2).eval(),
+        "mae": build("mae", "ucla20", dim=32, depth=1, heads=2).eval(),
+    }
+    r = inference_report(encoders, batch=2, persons_present=1.25, warmup=0, repeats=2, matmul_size=64)
+    slim, mae = r["models"]["slim"], r["models"]["mae"]
+    assert (slim["tokens"], mae["tokens"]) == (160, 600) and (slim["clip_frames"], mae["clip_frames"]) == (
+        64,
+        120,
+    )
+    x = torch.randn(1, 3, 64, 20)
+    assert slim["gflops_per_clip"] == pytest.approx(count_flops(encoders["slim"], x) / 1e9)
+    assert slim["achieved_gflops_per_s"] == pytest.approx(slim["gflops_per_clip"] * slim["clips_per_s"])
+    one, both, published = (r["protocols"][k] for k in ("one_person_each", "both_person_slots", "published"))
+    assert one["flop_ratio_mae_over_slim"] == pytest.approx(both["flop_ratio_mae_over_slim"])
+    assert published["flop_ratio_mae_over_slim"] == pytest.approx(one["flop_ratio_mae_over_slim"] * 2 / 1.25)
+    assert published["wall_time_ratio_mae_over_slim"] == pytest.approx(
+        one["wall_time_ratio_mae_over_slim"] * 1.6
+    )
