@@ -186,6 +186,37 @@ def layouts() -> None:
             )
 
 
+@app.command()
+def flops(
+    layout: Annotated[str, typer.Option(help="Skeleton layout: ntu25 (25 joints) or ucla20.")] = "ntu25",
+    timing: Annotated[bool, typer.Option(help="Also time inference (clips/s, fraction of matmul rate).")] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Clips per timed inference call.")] = 16,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed calls per encoder (median).")] = 10,
+    persons_present: Annotated[
+        float, typer.Option(min=1.0, max=2.0, help="Mean persons per sample for the published protocol.")
+    ] = 1.0,
+) -> None:
+    """Inference GFLOPs per clip and parameters of the SLiM and MAE encoders (paper configs), measured
+    with torch's FlopCounterMode (attention included); --timing adds clips/s on this machine.
+    `benchmarks/efficiency.py` writes the full report as JSON."""
+    import torch
+
+    from slim.flops import count_flops, count_params, inference_report
+    from slim.models import build
+
+    try:
+        encoders = {name: build(name, layout).eval() for name in ("slim", "mae")}
+    except ValueError as exc:
+        _fail(str(exc))
+    if timing:
+        _print_json(inference_report(encoders, batch, persons_present, repeats=repeats))
+        return
+    for name, model in encoders.items():
+        x = torch.zeros(1, 3, model.num_frames, model.num_joints)
+        gflops = count_flops(model, x) / 1e9
+        typer.echo(f"{name:5s} {model.num_frames:4d} frames  {gflops:6.2f} GFLOPs/clip  {count_params(model):,} params")
+
+
 @app.command("check-params")
 def check_params(
     path: Annotated[Path, typer.Argument(help="Parameters file.")] = Path("params.yaml"),

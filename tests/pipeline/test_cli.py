@@ -10,7 +10,7 @@ from pipeline.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["split"], ["protocols"], ["layouts"], ["check-params"]])
+@pytest.mark.parametrize("command", [[], ["ingest"], ["split"], ["protocols"], ["layouts"], ["check-params"], ["flops"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -42,3 +42,17 @@ def test_split_writes_ids(tmp_path, ucla_dir):
     n_test = sum(f.name.endswith("_v03.json") for f in src.iterdir())
     assert (counts["train"], counts["test"]) == (len(list(src.iterdir())) - n_test, n_test)
     assert n_test > 0
+
+
+def test_flops_reports_measured_counts():
+    import torch
+
+    from slim.flops import count_flops
+    from slim.models import build
+
+    result = runner.invoke(app, ["flops", "--layout", "ucla20"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: float(line.split()[3]) for line in result.output.splitlines()}
+    mae = build("mae", "ucla20").eval()
+    assert rows["mae"] == round(count_flops(mae, torch.zeros(1, 3, 120, 20)) / 1e9, 2)
+    assert rows["mae"] / rows["slim"] > 4
