@@ -33,10 +33,8 @@ from pipeline.params import (
     EvaluateProfile,
     FinetuneProtocol,
     FrozenProtocol,
-    ParamsError,
-    load_params,
+    load_profile,
 )
-from pipeline.pretrain import load_profile as load_pretrain_profile
 from slim.atomic import atomic_path, atomic_write_text
 from slim.checkpoint import load_checkpoint
 from slim.data.schema import read_sequences
@@ -224,7 +222,7 @@ def pretrained_encoder(spec: EncoderSpec, layout: Layout) -> nn.Module:
 
 def anchor_encoder(method: str, layout: Layout, params_path: Path, seed: int) -> nn.Module:
     """A random-init encoder with the config of `method` in the active pretrain profile."""
-    profile = load_pretrain_profile(params_path, None)
+    profile = load_profile(params_path, "pretrain", None)[1]
     config = model_config(method, getattr(profile, method).model, layout.num_joints)
     encoder_config = config.encoder if method == "slim" else config
     fields = {k: v for k, v in asdict(encoder_config).items() if k != "num_joints"}
@@ -416,17 +414,6 @@ def write_reports(
     )  # fmt: skip
 
 
-def load_evaluate_profile(params_path: Path, name: str | None) -> tuple[str, EvaluateProfile]:
-    params = load_params(params_path)
-    if params.evaluate is None:
-        raise ParamsError(f"{params_path}: no `evaluate` section")
-    name = name or params.evaluate.profile
-    if name not in params.evaluate.profiles:
-        known = ", ".join(params.evaluate.profiles)
-        raise ParamsError(f"{params_path}: unknown evaluate profile {name!r}; known: {known}")
-    return name, params.evaluate.profiles[name]
-
-
 def run(
     protocol: str,
     encoder: str,
@@ -444,7 +431,7 @@ def run(
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     spec = parse_encoder(encoder)
     check_combination(protocol, spec)
-    profile_name, settings = load_evaluate_profile(params_path, profile)
+    profile_name, settings = load_profile(params_path, "evaluate", profile)
     data = load_eval_data(split_path, data_path)
     threads = torch.get_num_threads()
     if settings.threads:

@@ -174,3 +174,15 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         return Params.model_validate(raw or {})
     except (ValidationError, ValueError) as exc:
         raise ParamsError(f"{path}: invalid parameters:\n{exc}") from exc
+
+
+def load_profile(path: str | Path, section: Literal["pretrain", "evaluate"], name: str | None) -> tuple[str, Any]:
+    """(name, settings) of profile `name` (default: the section's `profile`) in section `section`."""
+    block = getattr(load_params(path), section)
+    if block is None:
+        raise ParamsError(f"{path}: no `{section}` section")
+    name = name or block.profile
+    if name not in block.profiles:
+        known = ", ".join(block.profiles)
+        raise ParamsError(f"{path}: unknown {section} profile {name!r}; known: {known}")
+    return name, block.profiles[name]

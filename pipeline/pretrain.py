@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.params import DEFAULT_PARAMS, ParamsError, PretrainProfile, load_params
+from pipeline.params import DEFAULT_PARAMS, PretrainProfile, load_profile
 from slim.data.dataset import load_training_clips
 from slim.train import TrainConfig, pretrain
 
@@ -19,18 +19,6 @@ def train_config(profile: PretrainProfile, method: str) -> TrainConfig:
     """The run's TrainConfig: the profile's shared settings plus its `method` section."""
     shared = profile.model_dump(exclude={"slim", "mae"})
     return TrainConfig(method=method, **shared, **getattr(profile, method).model_dump())
-
-
-def load_profile(params_path: Path, name: str | None) -> PretrainProfile:
-    """Profile `name` (default: `pretrain.profile`) of the params file."""
-    params = load_params(params_path)
-    if params.pretrain is None:
-        raise ParamsError(f"{params_path}: no `pretrain` section")
-    name = name or params.pretrain.profile
-    if name not in params.pretrain.profiles:
-        known = ", ".join(params.pretrain.profiles)
-        raise ParamsError(f"{params_path}: unknown pretrain profile {name!r}; known: {known}")
-    return params.pretrain.profiles[name]
 
 
 def read_train_ids(split_path: Path) -> list[str]:
@@ -53,6 +41,6 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Pretrain `method` with the chosen profile; return the metrics (also written to metrics.json)."""
-    config = train_config(load_profile(params_path, profile), method)
+    config = train_config(load_profile(params_path, "pretrain", profile)[1], method)
     data = load_training_clips(data_path, read_train_ids(split_path))
     return pretrain(config, data, out_dir, resume=resume, progress=progress)
