@@ -32,3 +32,21 @@ def ucla_sequences(ucla_dir):
 
     files = sorted(ucla_dir.glob("*.json"))[::120][:12]
     return sorted((read_ucla_file(f) for f in files), key=lambda s: -s.num_frames)
+
+
+@pytest.fixture(scope="session")
+def ucla_subset(ucla_dir, tmp_path_factory) -> dict[str, Path]:
+    """Every 12th real NW-UCLA file (124 files, all views and actions) ingested to Parquet and split by
+    ucla-xview, once per session. Tests read these files; they write their own beside them elsewhere."""
+    from pipeline.ingest import run as ingest
+    from pipeline.split import run as split
+
+    root = tmp_path_factory.mktemp("ucla-subset")
+    raw = root / "raw"
+    raw.mkdir()
+    for path in sorted(ucla_dir.glob("*.json"))[::12]:
+        (raw / path.name).symlink_to(path)
+    data = root / "parquet" / "sequences.parquet"
+    ingest("nw-ucla", raw, data.parent, 0.0, 1, progress=False)
+    split("ucla-xview", data, root / "split.json")
+    return {"raw": raw, "data": data, "split": root / "split.json"}

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.ingest import run as ingest
-from pipeline.split import run as split
 from slim.checkpoint import checkpoint_name, load_checkpoint
 from slim.data.dataset import BatchPlan, StepBatches, load_training_clips, step_loader
 from slim.export import load_encoder
@@ -40,17 +38,10 @@ def tiny_config(method: str, **changes) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def data(ucla_dir, tmp_path_factory):
-    """Every 12th real NW-UCLA file (124 files, all views) ingested; the ucla-xview training clips."""
-    root = tmp_path_factory.mktemp("ucla")
-    raw = root / "raw"
-    raw.mkdir()
-    for path in sorted(ucla_dir.glob("*.json"))[::12]:
-        (raw / path.name).symlink_to(path)
-    ingest("nw-ucla", raw, root / "parquet", 0.0, 1, progress=False)
-    split("ucla-xview", root / "parquet" / "sequences.parquet", root / "split.json")
-    train_ids = json.loads((root / "split.json").read_text())["train"]
-    return load_training_clips(root / "parquet" / "sequences.parquet", train_ids)
+def data(ucla_subset):
+    """The ucla-xview training clips of the real NW-UCLA subset."""
+    train_ids = json.loads(ucla_subset["split"].read_text())["train"]
+    return load_training_clips(ucla_subset["data"], train_ids)
 
 
 def read_plots(out_dir) -> list[dict]:

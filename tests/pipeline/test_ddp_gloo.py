@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ingest import run as ingest
-from pipeline.split import run as split
 from slim.data.dataset import BatchPlan
 from tests.conftest import REPO_ROOT
 
@@ -60,20 +58,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(ucla_dir, tmp_path_factory) -> Path:
+def ddp_run(ucla_subset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    raw = root / "raw"
-    raw.mkdir()
-    for path in sorted(ucla_dir.glob("*.json"))[::12]:
-        (raw / path.name).symlink_to(path)
-    ingest("nw-ucla", raw, root / "parquet", 0.0, 1, progress=False)
-    split("ucla-xview", root / "parquet/sequences.parquet", root / "split.json")
     (root / "driver.py").write_text(DRIVER)
     out = root / "out"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), str(root / "driver.py"),
-        str(root / "parquet/sequences.parquet"), str(root / "split.json"), str(out),
+        str(ucla_subset["data"]), str(ucla_subset["split"]), str(out),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)

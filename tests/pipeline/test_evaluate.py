@@ -18,10 +18,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.evaluate import load_eval_data, run
-from pipeline.ingest import run as ingest
 from pipeline.params import ParamsError, load_params
 from pipeline.paths import REPO_ROOT
-from pipeline.split import run as split
 from slim.evaluation import class_balanced_subset, raw_joints_knn
 from slim.export import save_encoder
 from slim.layouts import get_layout
@@ -61,21 +59,13 @@ def save_tiny(path: Path, method: str, layout: str, seed: int = 1) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ucla(ucla_dir, tmp_path_factory) -> dict[str, Path]:
-    """Every 12th real NW-UCLA file (124 files, all views and actions) ingested and split by
-    ucla-xview; the test params; a tiny SLiM and MAE encoder and an NTU-layout one."""
+def ucla(ucla_subset, tmp_path_factory) -> dict[str, Path]:
+    """The real NW-UCLA subset (ingested, split by ucla-xview); the test params; a tiny SLiM and MAE
+    encoder and an NTU-layout one."""
     root = tmp_path_factory.mktemp("ucla-eval")
-    raw = root / "raw"
-    raw.mkdir()
-    for path in sorted(ucla_dir.glob("*.json"))[::12]:
-        (raw / path.name).symlink_to(path)
-    ingest("nw-ucla", raw, root / "parquet", 0.0, 1, progress=False)
-    split("ucla-xview", root / "parquet" / "sequences.parquet", root / "split.json")
     return {
         "root": root,
-        "raw": raw,
-        "data": root / "parquet" / "sequences.parquet",
-        "split": root / "split.json",
+        **ucla_subset,
         "params": tiny_params(root / "params.yaml", yaml.safe_load((REPO_ROOT / "params.yaml").read_text())),
         "slim": save_tiny(root / "slim.pt", "slim", "ucla20"),
         "mae": save_tiny(root / "mae.pt", "mae", "ucla20"),

@@ -15,8 +15,6 @@ import pytest
 import torch
 import yaml
 
-from pipeline.ingest import run as ingest
-from pipeline.split import run as split
 from slim.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint
 from tests.conftest import REPO_ROOT
 
@@ -44,19 +42,13 @@ TINY_PROFILE = {
 
 
 @pytest.fixture(scope="module")
-def inputs(ucla_dir, tmp_path_factory) -> dict[str, Path]:
-    """A real NW-UCLA subset as Parquet, its ucla-xview split, and params.yaml with a `tiny` profile."""
+def inputs(ucla_subset, tmp_path_factory) -> dict[str, Path]:
+    """The real NW-UCLA subset as Parquet, its ucla-xview split, and params.yaml with a `tiny` profile."""
     root = tmp_path_factory.mktemp("resume")
-    raw = root / "raw"
-    raw.mkdir()
-    for path in sorted(ucla_dir.glob("*.json"))[::12]:
-        (raw / path.name).symlink_to(path)
-    ingest("nw-ucla", raw, root / "parquet", 0.0, 1, progress=False)
-    split("ucla-xview", root / "parquet/sequences.parquet", root / "split.json")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["pretrain"]["profiles"]["tiny"] = TINY_PROFILE
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return {"data": root / "parquet/sequences.parquet", "split": root / "split.json", "params": root / "params.yaml"}
+    return {"data": ucla_subset["data"], "split": ucla_subset["split"], "params": root / "params.yaml"}
 
 
 def command(method: str, inputs: dict[str, Path], out: Path, *extra: str) -> list[str]:
