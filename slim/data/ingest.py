@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from slim.atomic import atomic_path
 from slim.data import schema
 from slim.data.readers import MalformedSkeletonError
 from slim.data.readers.npz import parse_npz
@@ -242,5 +243,5 @@ def _summary(fmt: str, results: list[FileResult], good: list[FileResult], max_ba
 
 
 def _write_text(path: Path, text: str) -> None:
-    with schema.atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -11,16 +11,14 @@ Plain Parquet: pyarrow, duckdb and polars read it with no custom code.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slim.atomic import atomic_path
 from slim.data.sequence import SkeletonSequence
 
 SCHEMA_VERSION = "1"
@@ -97,27 +95,6 @@ def _list_array(arrays: Sequence[np.ndarray | None], dtype: type) -> pa.ListArra
     return pa.ListArray.from_arrays(offsets, values, mask=mask)
 
 
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a hidden temporary path beside `path`; on success fsync it and rename it onto `path`.
-
-    The rename is atomic, so readers see the old file or the complete new one, never a partial one;
-    on an exception the temporary file is removed, and one left by a killed process is a dot-file
-    ending in `.tmp` that no glob for the real name matches.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_dataset(table: pa.Table, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write `table` to `path` atomically, with the schema version and `metadata` in the file's key-value metadata."""
     meta = {META_SCHEMA_VERSION: SCHEMA_VERSION, **(metadata or {})}
@@ -126,7 +103,7 @@ def write_dataset(table: pa.Table, path: Path, metadata: dict[str, str] | None =
     )
     # dictionaries only where values repeat, statistics only on scalars: trying a dictionary on the
     # joint values and computing their min/max made writing ~2.5x slower, for nothing
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(
             table,
             tmp,
