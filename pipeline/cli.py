@@ -33,6 +33,13 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _require_files(**paths: Path | None) -> None:
+    """Fail with a clear message for the first given path that is not an existing file."""
+    for what, path in paths.items():
+        if path is not None and not path.is_file():
+            _fail(f"--{what} {path} does not exist")
+
+
 def _print_json(doc: dict) -> None:
     typer.echo(json.dumps(doc, indent=2))
 
@@ -96,9 +103,7 @@ def pretrain(
     from pipeline.params import ParamsError
     from pipeline.pretrain import run
 
-    for path, what in ((split, "split file"), (data, "dataset"), (params, "parameters file")):
-        if not path.is_file():
-            _fail(f"{what} {path} does not exist")
+    _require_files(split=split, data=data, params=params)
     try:
         metrics = run(method.value, split, data, out, resume=resume, profile=profile, params_path=params, progress=progress)
     except (ParamsError, ValueError) as exc:
@@ -125,8 +130,14 @@ def evaluate(
             "fine-tune on 1% / 10% / all of the training labels.",
         ),
     ],
+    split: Annotated[Path, typer.Option(help="Split JSON written by `slim split` (any dataset with the encoder's layout).")],
+    data: Annotated[Path, typer.Option(help="sequences.parquet written by `slim ingest`.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Output folder: metrics.json, per_class.csv, predictions.csv, confusion.png, embedding.png."),
+    ],
     encoder: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--encoder",
             "-e",
@@ -135,13 +146,15 @@ def evaluate(
             "from scratch; semi1, semi10, finetune). Anchors take the encoder config of the pretrain "
             "profile (default slim).",
         ),
-    ],
-    split: Annotated[Path, typer.Option(help="Split JSON written by `slim split` (any dataset with the encoder's layout).")],
-    data: Annotated[Path, typer.Option(help="sequences.parquet written by `slim ingest`.")],
-    out: Annotated[
-        Path,
-        typer.Option(help="Output folder: metrics.json, per_class.csv, predictions.csv, confusion.png, embedding.png."),
-    ],
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            "--features",
+            help="Instead of --encoder, for linear / knn: the features file `slim features` wrote "
+            "(the encoder is not run again).",
+        ),
+    ] = None,
     profile: Annotated[
         str | None, typer.Option(help="Profile in params.yaml `evaluate.profiles` (default: `evaluate.profile`), e.g. demo, full.")
     ] = None,
@@ -152,14 +165,48 @@ def evaluate(
     from pipeline.evaluate import run
     from pipeline.params import ParamsError
 
-    for path, what in ((split, "split file"), (data, "dataset"), (params, "parameters file")):
-        if not path.is_file():
-            _fail(f"{what} {path} does not exist")
+    _require_files(split=split, data=data, params=params, features=features)
     try:
-        metrics = run(protocol.value, encoder, split, data, out, profile=profile, params_path=params, progress=progress)
+        metrics = run(
+            protocol.value, encoder, split, data, out,
+            features=features, profile=profile, params_path=params, progress=progress,
+        )  # fmt: skip
     except (ParamsError, ValueError) as exc:
         _fail(str(exc))
     _print_json({k: v for k, v in metrics.items() if k != "per_class"})
+
+
+@app.command("features")
+def features_command(
+    encoder: Annotated[
+        str,
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="A pretrained encoder (models/<method>/encoder.pt), raw (joint coordinates) or "
+            "random[:slim|mae] (random init with the pretrain profile's config).",
+        ),
+    ],
+    split: Annotated[Path, typer.Option(help="Split JSON written by `slim split`.")],
+    data: Annotated[Path, typer.Option(help="sequences.parquet written by `slim ingest`.")],
+    out: Annotated[Path, typer.Option(help="Features file to write (.npz), read by `slim evaluate --features`.")],
+    profile: Annotated[
+        str | None, typer.Option(help="Profile in params.yaml `evaluate.profiles` (batch size, threads).")
+    ] = None,
+    params: Annotated[Path, typer.Option(help="Parameters file.")] = Path("params.yaml"),
+    progress: Annotated[bool, typer.Option(help="Show a progress bar while encoding.")] = True,
+) -> None:
+    """Encode both sides of a split once with a frozen encoder; the linear and kNN protocols read the
+    file (`slim evaluate --protocol linear --features OUT`)."""
+    from pipeline.features import run
+    from pipeline.params import ParamsError
+
+    _require_files(split=split, data=data, params=params)
+    try:
+        summary = run(encoder, split, data, out, profile=profile, params_path=params, progress=progress)
+    except (ParamsError, ValueError) as exc:
+        _fail(str(exc))
+    _print_json(summary)
 
 
 @app.command()

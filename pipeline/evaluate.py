@@ -16,10 +16,12 @@ t-SNE of the test features) into the output folder, each atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
 import typing
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from slim.data.transforms import eval_clip, prepare_clip
 from slim.evaluation import (
     FinetuneConfig,
     LinearProbeConfig,
+    SplitFeatures,
     class_balanced_subset,
     confusion_matrix,
     extract_features,
@@ -49,6 +52,7 @@ from slim.evaluation import (
     knn_evaluate,
     knn_scores,
     linear_probe,
+    load_features,
     pca_2d,
     per_class_accuracy,
     plot_confusion_matrix,
@@ -318,27 +322,48 @@ def run_finetune(
     return Outcome(result.top1, result.top5, result.predictions, test_f, len(train.ids), details)
 
 
-def evaluate(
-    protocol: str,
-    spec: EncoderSpec,
-    data: EvalData,
-    profile: EvaluateProfile,
-    params_path: Path,
-    progress: bool,
-) -> Outcome:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def eval_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def encoder_for(spec: EncoderSpec, data: EvalData, params_path: Path, seed: int) -> nn.Module | None:
+    """The encoder `spec` names, on the evaluation device; None for the raw-joints anchor."""
     if spec.kind == "raw":
-        encoder = None
-    elif spec.kind == "pretrained":
-        encoder = pretrained_encoder(spec, data.layout).to(device)
-    else:
-        encoder = anchor_encoder(spec.method, data.layout, params_path, profile.seed).to(device)
-    if protocol in FINETUNE_PROTOCOLS:
-        return run_finetune(protocol, encoder, data, profile, device, progress)
-    train_f, test_f = frozen_features(encoder, data, profile.batch_size, progress)
+        return None
+    if spec.kind == "pretrained":
+        return pretrained_encoder(spec, data.layout).to(eval_device())
+    return anchor_encoder(spec.method, data.layout, params_path, seed).to(eval_device())
+
+
+def split_features(
+    spec: EncoderSpec, data: EvalData, profile: EvaluateProfile, params_path: Path, progress: bool
+) -> SplitFeatures:
+    """The frozen features of both sides of the split (what `slim features` writes)."""
+    encoder = encoder_for(spec, data, params_path, profile.seed)
+    train, test = frozen_features(encoder, data, profile.batch_size, progress)
+    return SplitFeatures(spec.name, data.split, data.layout.name, data.train.ids, train, data.test.ids, test)
+
+
+def check_features_match(features: SplitFeatures, data: EvalData, path: Path) -> None:
+    """Features computed on another split, dataset or skeleton must not be scored against this one."""
+    for side in ("train", "test"):
+        if getattr(features, f"{side}_ids") != getattr(data, side).ids:
+            raise ValueError(
+                f"{path}: its {side} samples are not those of split {data.split!r}; recompute it with "
+                f"`slim features` on this split"
+            )
+    if features.layout != data.layout.name:
+        raise ValueError(
+            f"{path}: features of layout {features.layout!r}, data of layout {data.layout.name!r}"
+        )
+
+
+def evaluate_frozen(
+    protocol: str, features: SplitFeatures, data: EvalData, profile: EvaluateProfile
+) -> Outcome:
     if protocol == "linear":
-        return run_linear(train_f, test_f, data, profile, device)
-    return run_knn(train_f, test_f, data, profile)
+        return run_linear(features.train, features.test, data, profile, eval_device())
+    return run_knn(features.train, features.test, data, profile)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -414,38 +439,68 @@ def write_reports(
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` torch threads (0: leave the default), then restore the old count."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(
     protocol: str,
-    encoder: str,
+    encoder: str | None,
     split_path: Path,
     data_path: Path,
     out_dir: Path,
     *,
+    features: Path | None = None,
     profile: str | None = None,
     params_path: Path = DEFAULT_PARAMS,
     progress: bool = False,
 ) -> dict:
-    """Evaluate `encoder` (see `parse_encoder`) under `protocol`; return the metrics (also written)."""
+    """Evaluate `encoder` (see `parse_encoder`) under `protocol`, or, for a frozen protocol, the
+    features file `features` written by `slim features`; return the metrics (also written)."""
     start = time.perf_counter()
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    spec = parse_encoder(encoder)
-    check_combination(protocol, spec)
+    if (encoder is None) == (features is None):
+        raise ValueError(
+            "give either an encoder or a features file (from `slim features`), not both or neither"
+        )
+    if features is not None and protocol not in FROZEN_PROTOCOLS:
+        raise ValueError(
+            f"a features file serves the frozen protocols ({', '.join(FROZEN_PROTOCOLS)}); "
+            f"{protocol!r} fine-tunes the encoder: give --encoder"
+        )
+    spec = None if encoder is None else parse_encoder(encoder)
+    if spec is not None:
+        check_combination(protocol, spec)
     profile_name, settings = load_profile(params_path, "evaluate", profile)
     data = load_eval_data(split_path, data_path)
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        outcome = evaluate(protocol, spec, data, settings, params_path, progress)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(settings.threads):
+        if protocol in FINETUNE_PROTOCOLS:
+            model = encoder_for(spec, data, params_path, settings.seed)
+            outcome = run_finetune(protocol, model, data, settings, eval_device(), progress)
+            name = spec.name
+        else:
+            if features is not None:
+                split_feats = load_features(features)
+                check_features_match(split_feats, data, features)
+            else:
+                split_feats = split_features(spec, data, settings, params_path, progress)
+            outcome = evaluate_frozen(protocol, split_feats, data, settings)
+            name = split_feats.encoder
     rows = per_class_rows(data, outcome.predictions)
-    write_reports(Path(out_dir), f"{spec.name} / {protocol}", rows, outcome, data, settings.seed)
+    write_reports(Path(out_dir), f"{name} / {protocol}", rows, outcome, data, settings.seed)
     metrics = {
         "protocol": protocol,
-        "encoder": spec.name,
-        "encoder_source": encoder,
+        "encoder": name,
+        "encoder_source": encoder if encoder is not None else str(features),
         "split": data.split,
         "layout": data.layout.name,
         "profile": profile_name,

@@ -2,6 +2,7 @@
 metrics and figures, and the raw-joints anchor. Pure library code (torch, numpy; matplotlib and
 tqdm imported lazily where a figure or progress bar is asked for)."""
 
+from slim.evaluation.feature_file import SplitFeatures, load_features, save_features
 from slim.evaluation.features import encode_persons, extract_features, person_presence
 from slim.evaluation.finetune import ClipClassifier, FinetuneConfig, finetune, predict_logits
 from slim.evaluation.knn import knn_evaluate, knn_scores
@@ -24,6 +25,7 @@ __all__ = [
     "FinetuneConfig",
     "LinearProbe",
     "LinearProbeConfig",
+    "SplitFeatures",
     "class_balanced_subset",
     "confusion_matrix",
     "encode_persons",
@@ -32,6 +34,7 @@ __all__ = [
     "knn_evaluate",
     "knn_scores",
     "linear_probe",
+    "load_features",
     "pca_2d",
     "per_class_accuracy",
     "person_presence",
@@ -40,6 +43,7 @@ __all__ = [
     "predict_logits",
     "raw_joint_features",
     "raw_joints_knn",
+    "save_features",
     "topk_accuracy",
     "train_linear_probe",
 ]
