@@ -1,0 +1,131 @@
+"""Downstream accuracy against pretraining budget on this machine: how much CPU time does a method
+need before its features beat the raw-joints anchor?
+
+    python benchmarks/budget.py --method slim --profile cpu-long [--resume] [--skip-train]
+
+Pretrains `method` with the params.yaml profile on the NW-UCLA cross-view training split (run
+`dvc repro split@ucla-xview` first), keeping a checkpoint every `checkpoint_every` steps, then scores
+every checkpoint's encoders (student, and for SLiM the EMA teacher) with kNN and the linear probe of
+the demo evaluation profile, next to the raw-joints and random-init anchors. Writes
+benchmarks/results/budget-<method>-<profile>.json with the curve (step, pretraining minutes, accuracy)
+and the first checkpoint whose kNN top-1 beats raw joints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.evaluate import (  # noqa: E402
+    EncoderSpec,
+    frozen_features,
+    load_eval_data,
+    run_knn,
+    run_linear,
+    split_features,
+)
+from pipeline.params import load_profile  # noqa: E402
+from pipeline.pretrain import read_train_ids, train_config  # noqa: E402
+from slim.atomic import atomic_write_text  # noqa: E402
+from slim.checkpoint import load_checkpoint  # noqa: E402
+from slim.data.dataset import load_training_clips  # noqa: E402
+from slim.train import build_model, model_config, pretrain  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def scores(features, data, profile) -> dict:
+    knn = run_knn(features[0], features[1], data, profile).details["knn"]
+    linear = run_linear(features[0], features[1], data, profile, torch.device("cpu"))
+    return {**{f"knn_top1@{k[1:]}": v["top1"] for k, v in knn.items()}, "linear_top1": linear.top1}
+
+
+def encoders_of(checkpoint: dict, config, num_joints: int) -> dict:
+    """The checkpoint's student encoder and, for SLiM, its EMA teacher's."""
+    model = build_model(model_config(config.method, config.model, num_joints))
+    model.load_state_dict(checkpoint["model"])
+    if config.method == "slim":
+        return {"student": model.student["encoder"], "teacher": model.teacher["encoder"]}
+    return {"student": model.encoder}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--method", choices=["slim", "mae"], default="slim")
+    parser.add_argument("--profile", default="cpu-long", help="pretrain profile in params.yaml")
+    parser.add_argument("--eval-profile", default="demo", help="evaluate profile in params.yaml")
+    parser.add_argument("--split", type=Path, default=ROOT / "data/splits/ucla-xview.json")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/parquet/nw-ucla/sequences.parquet")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="checkpoint folder (default: benchmarks/work/...)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted pretraining")
+    parser.add_argument("--skip-train", action="store_true", help="only score the checkpoints already there")
+    args = parser.parse_args()
+    for path in (args.split, args.data):
+        if not path.is_file():
+            sys.exit(f"error: {path} does not exist: run `dvc repro split@ucla-xview` first")
+
+    params = ROOT / "params.yaml"
+    config = train_config(load_profile(params, "pretrain", args.profile)[1], args.method)
+    _, eval_profile = load_profile(params, "evaluate", args.eval_profile)
+    work = args.work or ROOT / "benchmarks" / "work" / f"{args.method}-{args.profile}"
+    if not args.skip_train:
+        clips = load_training_clips(args.data, read_train_ids(args.split))
+        pretrain(config, clips, work, resume=args.resume, progress=True)
+
+    data = load_eval_data(args.split, args.data)
+    torch.set_num_threads(config.threads or os.cpu_count())
+    anchors = {
+        name: scores((split_feats.train, split_feats.test), data, eval_profile)
+        for name, split_feats in (
+            (name, split_features(spec, data, eval_profile, params, progress=False))
+            for name, spec in (("raw", EncoderSpec("raw")), ("random", EncoderSpec("random", args.method)))
+        )
+    }
+    print(f"anchors: {json.dumps(anchors)}", flush=True)
+    curve = []
+    for path in sorted((work / "checkpoints").glob("step-*.pt")):
+        checkpoint = load_checkpoint(path)
+        point = {"step": checkpoint["step"], "pretrain_minutes": round(checkpoint["elapsed_s"] / 60, 2)}
+        for role, encoder in encoders_of(checkpoint, config, data.layout.num_joints).items():
+            point[role] = scores(
+                frozen_features(encoder, data, eval_profile.batch_size, False), data, eval_profile
+            )
+        curve.append(point)
+        print(json.dumps(point), flush=True)
+
+    raw_knn = anchors["raw"]["knn_top1@1"]
+    beating = [
+        p for p in curve if max(v["knn_top1@1"] for k, v in p.items() if isinstance(v, dict)) > raw_knn
+    ]
+    report = {
+        "method": args.method,
+        "profile": args.profile,
+        "eval_profile": args.eval_profile,
+        "config": {k: v for k, v in vars(config).items() if k not in ("method",)},
+        "anchors": anchors,
+        "curve": curve,
+        "first_checkpoint_beating_raw_knn": beating[0] if beating else None,
+        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    }  # fmt: skip
+    out = RESULTS / f"budget-{args.method}-{args.profile}.json"
+    atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
