@@ -278,5 +278,145 @@ def check_params(
     typer.echo(f"{path}: ok")
 
 
+# ----------------------------------------------------------------------------- MLflow model registry
+
+
+def _registry_errors() -> tuple[type[Exception], ...]:
+    from pipeline.params import ParamsError
+    from pipeline.tracking import mlflow_errors
+
+    return (ParamsError, ValueError, FileNotFoundError, *mlflow_errors())
+
+
+@app.command()
+def register(
+    encoder: Annotated[Path, typer.Option(help="Encoder file written by `slim pretrain`.")] = Path("models/slim/encoder.pt"),
+    data: Annotated[Path, typer.Option(help="sequences.parquet the input example and timing clips come from.")] = Path(
+        "data/parquet/nw-ucla/sequences.parquet"
+    ),
+    reports: Annotated[Path, typer.Option(help="Reports root holding <protocol>/<method>/metrics.json.")] = Path("reports"),
+    out: Annotated[
+        Path | None, typer.Option(help="JSON to write (default reports/registry/<model>.json).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Experiment's dataset (default: the Parquet's `dataset`).")] = None,
+    params: Annotated[Path, typer.Option(help="Parameters file (`registry`, `evaluate.dag`).")] = Path("params.yaml"),
+) -> None:
+    """Log the encoder to MLflow (pt2, signature, real-clip input example), register it as
+    `registry.model_name` with measured GFLOPs, clips/s and eval metrics as tags, alias `challenger`."""
+    _require_files(params=params)
+    from pipeline.register import run
+    from pipeline.registry import settings
+
+    errors = _registry_errors()
+    try:
+        out = out or Path("reports/registry") / f"{settings(params).model_name}.json"
+        doc = run(encoder, data, reports, out, params_path=params, dataset=dataset)
+    except errors as exc:
+        _fail(str(exc))
+    _print_json(doc)
+
+
+@app.command()
+def promote(
+    model: Annotated[str | None, typer.Option(help="Registered model (default: params registry.model_name).")] = None,
+    version: Annotated[str, typer.Option(help="Candidate: a version number or an alias.")] = "challenger",
+    rollback: Annotated[bool, typer.Option("--rollback", help="Give `champion` back to the previous champion.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses (recorded as `forced`).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON instead of text.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the gate refuses the candidate.")] = False,
+    params: Annotated[Path, typer.Option(help="Parameters file (`registry`: gate rules).")] = Path("params.yaml"),
+) -> None:
+    """Move alias `champion` to the candidate if it beats the champion on the primary metric by the
+    margin and regresses no other protocol beyond the tolerance (the first version always becomes
+    champion); the decision and its reasons become version tags. Exit 0 whether promoted or kept
+    (3 with --strict when refused), 1 on errors. --rollback restores the previous champion."""
+    _require_files(params=params)
+    from pipeline import registry
+
+    errors = _registry_errors()
+    try:
+        settings = registry.settings(params)
+        name = model or settings.model_name
+        if rollback:
+            decision = registry.rollback(name)
+        else:
+            rules = registry.GateRules(settings.primary_metric, settings.margin, settings.tolerance)
+            decision = registry.promote(name, version, rules, force=force)
+    except errors as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(decision.to_dict())
+    else:
+        typer.echo(decision.summary())
+    if strict and decision.decision == "refused":
+        raise typer.Exit(code=3)
+
+
+@app.command()
+def embed(
+    input: Annotated[Path, typer.Option("--input", "-i", help="sequences.parquet written by `slim ingest`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet to write: sample_id, label, embedding.")],
+    model: Annotated[
+        str, typer.Option(help="models:/<name>@<alias>, models:/<name>/<version>, or a local encoder.pt.")
+    ] = "models:/slim-encoder@champion",
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 64,
+    threads: Annotated[int, typer.Option(min=0, help="Torch threads (0 = torch's default, one per core).")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Embed every sample of a Parquet dataset with a registered (or local) encoder: the evaluation's
+    frozen clip feature, written with the sample ids to Parquet."""
+    from pipeline.embed import run
+
+    errors = _registry_errors()
+    try:
+        summary = run(model, input, output, batch_size=batch_size, threads=threads, progress=progress)
+    except errors as exc:
+        _fail(str(exc))
+    _print_json(summary)
+
+
+# ----------------------------------------------------------------------------- MLflow runs
+
+runs_app = typer.Typer(
+    help="Tracked MLflow runs ($MLFLOW_TRACKING_URI, default sqlite:///mlflow.db at the repo root).",
+    no_args_is_help=True,
+)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("compare")
+def runs_compare(
+    dataset: Annotated[str, typer.Option(help="Dataset: its experiment is slim-<dataset>.")] = "nw-ucla",
+    run: Annotated[
+        str | None, typer.Option("--run", help="Pipeline (parent) run id (default: the newest with evaluations).")
+    ] = None,
+) -> None:
+    """One row per encoder, one column per evaluation metric (<protocol>/top1, knn/top1_k20, ...) of a
+    pipeline run: the table the MLflow UI shows when its evaluate runs are grouped by `slim.encoder`."""
+    from pipeline import tracking
+
+    if not tracking.enabled():
+        _fail("MLflow tracking is off (SLIM_TRACKING); unset it to compare runs")
+    try:
+        typer.echo(tracking.compare(dataset, run).format())
+    except (ValueError, *tracking.mlflow_errors()) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Why Prefect runs would sit in "Late": checks the server at PREFECT_API_URL, the work pools `gpu`
+    and `cpu`, their online workers, the deployments and their late runs. Exit 1 on any problem."""
+    import flows  # noqa: F401  (project-local PREFECT_HOME before prefect is imported)
+    from flows.doctor import diagnose
+
+    report = diagnose()
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if report.problems:
+        raise typer.Exit(code=1)
+
+
 if __name__ == "__main__":
     app()

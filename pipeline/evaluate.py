@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from pipeline import tracking
 from pipeline.params import (
     DEFAULT_PARAMS,
     EvaluateProfile,
@@ -149,6 +150,7 @@ class Part:
 @dataclass(frozen=True)
 class EvalData:
     split: str
+    dataset: str
     layout: Layout
     class_names: tuple[str, ...]
     train: Part
@@ -159,11 +161,14 @@ def read_split(split_path: Path) -> dict:
     try:
         split = json.loads(Path(split_path).read_text())
         ids = {part: sorted(split[part]) for part in ("train", "test")}
+        dataset = str(split["dataset"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{split_path}: not a split file with `train` and `test` lists ({exc})") from exc
+        raise ValueError(
+            f"{split_path}: not a split file (`slim split`) with `dataset` and `train`/`test` lists ({exc})"
+        ) from exc
     if not ids["train"] or not ids["test"]:
         raise ValueError(f"{split_path}: the train or the test list is empty")
-    return {"protocol": split.get("protocol", Path(split_path).stem), **ids}
+    return {"protocol": split.get("protocol", Path(split_path).stem), "dataset": dataset, **ids}
 
 
 def class_names(data_path: Path) -> tuple[str, ...]:
@@ -193,6 +198,7 @@ def load_eval_data(split_path: Path, data_path: Path) -> EvalData:
 
     return EvalData(
         split["protocol"],
+        split["dataset"],
         get_layout(layouts.pop()),
         class_names(data_path),
         part(split["train"]),
@@ -464,8 +470,8 @@ def run(
     progress: bool = False,
 ) -> dict:
     """Evaluate `encoder` (see `parse_encoder`) under `protocol`, or, for a frozen protocol, the
-    features file `features` written by `slim features`; return the metrics (also written)."""
-    start = time.perf_counter()
+    features file `features` written by `slim features`; return the metrics (also written). Tracked
+    as MLflow run `evaluate@<protocol>-<encoder>`."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if (encoder is None) == (features is None):
@@ -477,42 +483,63 @@ def run(
             f"a features file serves the frozen protocols ({', '.join(FROZEN_PROTOCOLS)}); "
             f"{protocol!r} fine-tunes the encoder: give --encoder"
         )
-    spec = None if encoder is None else parse_encoder(encoder)
-    if spec is not None:
-        check_combination(protocol, spec)
+    source: EncoderSpec | SplitFeatures = (
+        parse_encoder(encoder) if features is None else load_features(features)
+    )
+    if isinstance(source, EncoderSpec):
+        check_combination(protocol, source)
     profile_name, settings = load_profile(params_path, "evaluate", profile)
     data = load_eval_data(split_path, data_path)
-    with torch_threads(settings.threads):
-        if protocol in FINETUNE_PROTOCOLS:
-            model = encoder_for(spec, data, params_path, settings.seed)
-            outcome = run_finetune(protocol, model, data, settings, eval_device(), progress)
-            name = spec.name
-        else:
-            if features is not None:
-                split_feats = load_features(features)
-                check_features_match(split_feats, data, features)
-            else:
-                split_feats = split_features(spec, data, settings, params_path, progress)
-            outcome = evaluate_frozen(protocol, split_feats, data, settings)
-            name = split_feats.encoder
-    rows = per_class_rows(data, outcome.predictions)
-    write_reports(Path(out_dir), f"{name} / {protocol}", rows, outcome, data, settings.seed)
-    metrics = {
-        "protocol": protocol,
-        "encoder": name,
-        "encoder_source": encoder if encoder is not None else str(features),
-        "split": data.split,
-        "layout": data.layout.name,
-        "profile": profile_name,
-        "seed": settings.seed,
-        "top1": outcome.top1,
-        "top5": outcome.top5,
-        **outcome.details,
-        "num_classes": len(data.class_names),
-        "num_train": outcome.num_train,
-        "num_test": len(data.test.ids),
-        "per_class": {row["action"]: row["accuracy"] for row in rows},
-        "wall_time_s": round(time.perf_counter() - start, 2),
-    }
-    atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if isinstance(source, SplitFeatures):
+        check_features_match(source, data, features)
+    label = (source.name if isinstance(source, EncoderSpec) else source.encoder).partition(":")[0]
+    settings_params = settings.model_dump(mode="json")
+    with tracking.stage_run(
+        f"evaluate@{protocol}-{label}",
+        dataset=data.dataset,
+        params={"protocol": protocol, "encoder": label, "profile": profile_name, **settings_params},
+        data_path=data_path,
+        params_path=params_path,
+    ):
+        start = time.perf_counter()
+        with torch_threads(settings.threads):
+            outcome, name = _evaluate(protocol, source, data, settings, params_path, progress)
+        rows = per_class_rows(data, outcome.predictions)
+        write_reports(Path(out_dir), f"{name} / {protocol}", rows, outcome, data, settings.seed)
+        metrics = {
+            "protocol": protocol,
+            "encoder": name,
+            "encoder_source": encoder if encoder is not None else str(features),
+            "split": data.split,
+            "layout": data.layout.name,
+            "profile": profile_name,
+            "seed": settings.seed,
+            "top1": outcome.top1,
+            "top5": outcome.top5,
+            **outcome.details,
+            "num_classes": len(data.class_names),
+            "num_train": outcome.num_train,
+            "num_test": len(data.test.ids),
+            "per_class": {row["action"]: row["accuracy"] for row in rows},
+            "wall_time_s": round(time.perf_counter() - start, 2),
+        }
+        atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        tracking.log_evaluation(protocol, label, Path(out_dir))
     return metrics
+
+
+def _evaluate(
+    protocol: str,
+    source: EncoderSpec | SplitFeatures,
+    data: EvalData,
+    settings: EvaluateProfile,
+    params_path: Path,
+    progress: bool,
+) -> tuple[Outcome, str]:
+    """The protocol's outcome and the encoder's report name."""
+    if protocol in FINETUNE_PROTOCOLS:
+        model = encoder_for(source, data, params_path, settings.seed)
+        return run_finetune(protocol, model, data, settings, eval_device(), progress), source.name
+    if isinstance(source, EncoderSpec):
+        source = split_features(source, data, settings, params_path, progress)
+    return evaluate_frozen(protocol, source, data, settings), source.encoder

@@ -142,12 +142,29 @@ class EvaluateParams(_Strict):
         return self
 
 
+class RegistryParams(_Strict):
+    """MLflow model registry (`slim register`, DVC stage `register`, `slim promote`)."""
+
+    model_name: str = Field("slim-encoder", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="registered model")
+    primary_metric: str = Field(
+        "linear.top1",
+        pattern=r"^(linear|knn|semi1|semi10|finetune)\.(top1|top5|k\d+\.top1|k\d+\.top5)$",
+        description="<protocol>.<metric> the challenger must beat the champion on",
+    )
+    margin: float = Field(0.0, ge=0.0, le=1.0, description="by at least this much (absolute; strictly better)")
+    tolerance: float = Field(0.02, ge=0.0, le=1.0, description="largest drop of another protocol's top1")
+    example_clips: int = Field(2, ge=2, le=64, description="real clips in the logged input example (>= 2)")
+    throughput_batch: int = Field(16, ge=1, description="real clips per timed forward for clips/s")
+    threads: int = Field(1, ge=0, description="torch threads while exporting and timing; 0 = one per core")
+
+
 class Params(_Strict):
     datasets: dict[str, DatasetParams]
     ingest: IngestParams = IngestParams()
     protocols: dict[str, str] = Field(description="protocol name -> dataset it splits")
     pretrain: PretrainParams | None = None
     evaluate: EvaluateParams | None = None
+    registry: RegistryParams | None = None
 
     @model_validator(mode="after")
     def _protocols_match_datasets(self) -> Params:
@@ -157,6 +174,23 @@ class Params(_Strict):
                 raise ValueError(f"protocol {name!r} splits dataset {protocol.dataset!r}, not {dataset!r}")
             if dataset not in self.datasets:
                 raise ValueError(f"protocol {name!r} needs dataset {dataset!r}, which is not in `datasets`")
+        return self
+
+    @model_validator(mode="after")
+    def _primary_metric_is_evaluated(self) -> Params:
+        """The gate's primary metric must come from a protocol the DAG evaluates the SLiM encoder under."""
+        if self.registry is None or self.evaluate is None:
+            return self
+        dag = self.evaluate.dag
+        evaluated = (dag.frozen if "slim" in dag.methods else []) + (
+            dag.finetuned if "slim" in dag.finetuned_methods else []
+        )
+        protocol = self.registry.primary_metric.split(".")[0]
+        if protocol not in evaluated:
+            raise ValueError(
+                f"registry.primary_metric {self.registry.primary_metric!r}: evaluate.dag does not evaluate the "
+                f"slim encoder under {protocol!r} (it does: {', '.join(evaluated) or 'nothing'})"
+            )
         return self
 
 

@@ -1,18 +1,34 @@
 """DVC stage `pretrain@<method>`: pretrain an encoder on a protocol's training split (slim.train).
 
 Reads the `pretrain` section of params.yaml, the split's train ids and the Parquet dataset, and
-writes `encoder.pt`, `metrics.json`, `plots.csv` and `checkpoints/` into the output folder. Run it
+writes `encoder.pt`, `metrics.json`, `plots.csv`, `checkpoints/` and three figures into the output
+folder: `loss.png` (losses, lr, throughput per step), `masking.png` (the method's token mask on a
+real training clip) and, for SLiM, `views.png` (its skeletal augmentations on that clip). Run it
 under `torchrun --nproc_per_node N -m pipeline.cli pretrain ...` for DDP.
+
+Tracked as MLflow run `pretrain@<method>` (rank 0 only): the flattened profile as params, the
+per-step columns of plots.csv as metric histories (`train/<column>`), metrics.json, the figures, and
+`config.yaml`, the run's settings with every default filled in.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
+import yaml
+
+from pipeline import tracking
 from pipeline.params import DEFAULT_PARAMS, PretrainProfile, load_profile
-from slim.data.dataset import load_training_clips
-from slim.train import TrainConfig, pretrain
+from slim.data.dataset import TrainingClips, load_training_clips
+from slim.distributed import env_info
+from slim.train import TrainConfig, config_from_dict, model_config, pretrain
+from slim.views import ViewConfig
+from slim.visualize import write_loss_curves, write_pretrain_figures
+
+FIGURES = ("loss.png", "masking.png", "views.png")
 
 
 def train_config(profile: PretrainProfile, method: str) -> TrainConfig:
@@ -21,12 +37,61 @@ def train_config(profile: PretrainProfile, method: str) -> TrainConfig:
     return TrainConfig(method=method, **shared, **getattr(profile, method).model_dump())
 
 
-def read_train_ids(split_path: Path) -> list[str]:
+def _read_split(split_path: Path) -> dict:
     try:
         split = json.loads(Path(split_path).read_text())
-        return list(split["train"])
+        list(split["train"]), str(split["dataset"])
+        return split
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{split_path}: not a split file with a `train` list ({exc})") from exc
+        raise ValueError(
+            f"{split_path}: not a split file (`slim split`) with `dataset` and a `train` list ({exc})"
+        ) from exc
+
+
+def read_train_ids(split_path: Path) -> list[str]:
+    return list(_read_split(split_path)["train"])
+
+
+def resolved_config(config: TrainConfig, profile: str, num_joints: int) -> dict:
+    """The run's settings with every default filled in (model, and SLiM's views), JSON-plain."""
+    doc = {
+        "profile": profile,
+        "train": asdict(config),
+        "model": asdict(model_config(config.method, config.model, num_joints)),
+    }
+    if config.method == "slim":
+        doc["views"] = asdict(config_from_dict(ViewConfig, config.views, "views"))
+    return json.loads(json.dumps(doc))
+
+
+def write_figures(config: TrainConfig, data: TrainingClips, out_dir: Path) -> list[Path]:
+    """loss.png, and masking.png (views.png for SLiM) on the first training clip, seeded by the run."""
+    generator = torch.Generator().manual_seed(config.seed)
+    name = f"{config.method} on {data.sample_ids[0]}"
+    if config.method == "slim":
+        views = config_from_dict(ViewConfig, config.views, "views")
+        policy = views.global_mask
+        masking = {
+            "frames": views.global_frames,
+            "patch_size": views.patch_size,
+            "mask_ratio": sum(policy.ratio_range) / 2,
+            "mask_kind": policy.kind,
+            "min_time": policy.min_time,
+            "augment": views.augment,
+        }
+    else:
+        cfg = model_config("mae", config.model, data.layout.num_joints)
+        masking = {
+            "frames": cfg.num_frames,
+            "patch_size": cfg.patch_size,
+            "mask_ratio": cfg.mask_ratio,
+            "mask_kind": "random",
+        }
+    figures = write_pretrain_figures(data.clips[0], data.layout, out_dir, generator, name=name, **masking)
+    return [
+        write_loss_curves(out_dir / "plots.csv", out_dir / "loss.png", f"pretrain {config.method}"),
+        *figures,
+    ]
 
 
 def run(
@@ -41,6 +106,36 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Pretrain `method` with the chosen profile; return the metrics (also written to metrics.json)."""
-    config = train_config(load_profile(params_path, "pretrain", profile)[1], method)
-    data = load_training_clips(data_path, read_train_ids(split_path))
-    return pretrain(config, data, out_dir, resume=resume, progress=progress)
+    profile_name, settings = load_profile(params_path, "pretrain", profile)
+    config = train_config(settings, method)
+    split = _read_split(split_path)
+    out_dir = Path(out_dir)
+    params = {
+        "profile": profile_name,
+        "method": method,
+        **settings.model_dump(mode="json", exclude={"slim", "mae"} - {method}),
+    }
+    with tracking.stage_run(
+        f"pretrain@{method}",
+        dataset=split["dataset"],
+        params=params,
+        data_path=data_path,
+        params_path=params_path,
+    ) as active:
+        data = load_training_clips(data_path, split["train"])
+        metrics = pretrain(config, data, out_dir, resume=resume, progress=progress)
+        if env_info().is_main:
+            write_figures(config, data, out_dir)
+        if active is not None:
+            tracking.log_step_metrics(out_dir / "plots.csv")
+            tracking.log_metrics_file(out_dir / "metrics.json")
+            tracking.log_text(
+                yaml.safe_dump(
+                    resolved_config(config, profile_name, data.layout.num_joints), sort_keys=False
+                ),
+                "config.yaml",
+            )
+            tracking.log_artifacts(
+                [out_dir / "metrics.json", out_dir / "plots.csv", *(out_dir / f for f in FIGURES)]
+            )
+    return metrics

@@ -1,4 +1,7 @@
-"""DVC stage `split@<protocol>`: train/test sample ids of an ingested dataset, as JSON."""
+"""DVC stage `split@<protocol>`: train/test sample ids of an ingested dataset, as JSON.
+
+Tracked as MLflow run `split@<protocol>` (lineage tags with the Parquet's hash; train/test counts).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipeline import tracking
 from slim.atomic import atomic_write_text
 from slim.data.splits import SampleMeta, get_protocol, split_samples
 
@@ -21,7 +25,18 @@ def read_sample_meta(parquet_path: Path) -> list[SampleMeta]:
 def run(protocol_name: str, parquet_path: Path, out_path: Path) -> dict:
     """Write `{"protocol", "dataset", "train": [...], "test": [...]}` to `out_path`; return counts."""
     protocol = get_protocol(protocol_name)
-    split = split_samples(protocol, read_sample_meta(parquet_path))
-    doc = {"protocol": protocol.name, "dataset": protocol.dataset, "description": protocol.description, **split}
-    atomic_write_text(out_path, json.dumps(doc, indent=1) + "\n")
-    return {"protocol": protocol.name, "train": len(split["train"]), "test": len(split["test"])}
+    params = {"protocol": protocol.name, "data": str(parquet_path)}
+    with tracking.stage_run(
+        f"split@{protocol.name}", dataset=protocol.dataset, params=params, data_path=parquet_path
+    ):
+        split = split_samples(protocol, read_sample_meta(parquet_path))
+        doc = {
+            "protocol": protocol.name,
+            "dataset": protocol.dataset,
+            "description": protocol.description,
+            **split,
+        }
+        atomic_write_text(out_path, json.dumps(doc, indent=1) + "\n")
+        counts = {"protocol": protocol.name, "train": len(split["train"]), "test": len(split["test"])}
+        tracking.log_metrics({"train": counts["train"], "test": counts["test"]})
+    return counts

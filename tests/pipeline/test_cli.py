@@ -10,7 +10,27 @@ from pipeline.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["split"], ["protocols"], ["layouts"], ["check-params"], ["flops"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["ingest"],
+        ["split"],
+        ["pretrain"],
+        ["features"],
+        ["evaluate"],
+        ["register"],
+        ["promote"],
+        ["embed"],
+        ["runs"],
+        ["runs", "compare"],
+        ["doctor"],
+        ["protocols"],
+        ["layouts"],
+        ["check-params"],
+        ["flops"],
+    ],
+)
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -36,7 +56,9 @@ def test_split_writes_ids(tmp_path, ucla_dir):
     for f in sorted(ucla_dir.glob("a01_s01_*.json")):
         (src / f.name).write_bytes(f.read_bytes())
     ingest("nw-ucla", src, tmp_path / "pq", 0.0, 1)
-    result = runner.invoke(app, ["split", "ucla-xview", str(tmp_path / "pq/sequences.parquet"), str(tmp_path / "s.json")])
+    result = runner.invoke(
+        app, ["split", "ucla-xview", str(tmp_path / "pq/sequences.parquet"), str(tmp_path / "s.json")]
+    )
     assert result.exit_code == 0, result.output
     counts = json.loads(result.output)
     n_test = sum(f.name.endswith("_v03.json") for f in src.iterdir())

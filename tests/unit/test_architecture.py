@@ -1,10 +1,13 @@
-"""The library stays pure: no MLOps framework or pipeline code is imported anywhere in slim/."""
+"""The library stays pure: no MLOps framework or pipeline code is imported anywhere in slim/; and
+outside it only pipeline/tracking.py and pipeline/registry.py talk to MLflow."""
 
 import ast
 from pathlib import Path
 
 FORBIDDEN = {"dvc", "mlflow", "prefect", "pipeline", "flows"}
-SLIM = Path(__file__).resolve().parents[2] / "slim"
+ROOT = Path(__file__).resolve().parents[2]
+SLIM = ROOT / "slim"
+MLFLOW_MODULES = {"pipeline/tracking.py", "pipeline/registry.py"}
 
 
 def _imported_roots(path: Path) -> set[str]:
@@ -22,6 +25,12 @@ def test_library_imports_no_mlops_framework():
     assert len(files) > 3
     offenders = {str(f.relative_to(SLIM)): sorted(_imported_roots(f) & FORBIDDEN) for f in files}
     assert {f: bad for f, bad in offenders.items() if bad} == {}
+
+
+def test_only_tracking_and_registry_import_mlflow():
+    files = sorted(p for folder in ("pipeline", "flows", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
+    importers = {str(f.relative_to(ROOT)) for f in files if "mlflow" in _imported_roots(f)}
+    assert importers == MLFLOW_MODULES
 
 
 def test_checker_sees_imports(tmp_path):
