@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean retrain flows-server flows-deploy flows-worker doctor
 
 install: $(INSTALLED)
 
@@ -36,11 +36,15 @@ demo: install
 	@echo "         evaluations in reports/<protocol>/<encoder>/ (metrics.json, confusion.png, embedding.png)."
 	@echo "         'dvc metrics show' tabulates them, 'dvc plots show' renders the plots, 'dvc dag' draws the DAG."
 
+# Two pytest workers: most tests are single-threaded, and the tests that share the session's built
+# project (tests/project.py) stay together on one worker (xdist group `built_project`).
+PYTEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: install
 	$(BIN)/ruff check slim pipeline flows tests benchmarks
@@ -49,6 +53,27 @@ bench: install
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/efficiency.py
 	$(BIN)/python benchmarks/views.py
+
+# Prefect flows (docs/flows.md). `retrain` runs the flow directly (ephemeral API, no server); the
+# others talk to a local server on 127.0.0.1:$(PREFECT_PORT): start it, deploy, one worker per pool.
+PREFECT_PORT ?= 4200
+POOL ?= gpu
+FLOWS_API := PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
+
+retrain: install
+	python -m flows.retrain
+
+flows-server: install
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+flows-deploy: install
+	$(FLOWS_API) python -m flows.deploy
+
+flows-worker: install
+	$(FLOWS_API) prefect worker start --pool $(POOL)
+
+doctor: install
+	$(FLOWS_API) slim doctor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -124,8 +124,13 @@ class EvaluateProfile(_Strict):
 class EvaluateDag(_Strict):
     """Which evaluations `dvc repro` runs (dvc.yaml's evaluate stages expand these lists)."""
 
-    methods: list[Literal["slim", "mae"]] = Field(description="pretrained encoders models/<method>/encoder.pt")
-    frozen: list[FrozenProtocol] = Field(description="protocols of every method and of the raw and random anchors")
+    methods: list[Literal["slim", "mae"]] = Field(
+        min_length=1, description="methods pretrained (pretrain@<method>) and evaluated, models/<method>/encoder.pt"
+    )
+    frozen: list[FrozenProtocol] = Field(description="protocols of every method and of the frozen anchors")
+    anchors: list[Literal["raw", "random"]] = Field(
+        ["raw", "random"], description="frozen-feature anchors: raw joint coordinates, a random-init encoder"
+    )
     finetuned: list[FinetuneProtocol] = Field(description="protocols of `finetuned_methods` and the supervised anchor")
     finetuned_methods: list[Literal["slim", "mae"]] = Field(description="methods fine-tuned under `finetuned`")
 

@@ -82,7 +82,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         for process in processes:
             with contextlib.suppress(psutil.Error):
                 process.terminate()
-        _, alive = psutil.wait_procs(processes, timeout=15)
+        _, alive = psutil.wait_procs(processes, timeout=3)  # it ignores SIGTERM for long
         for process in alive:
             with contextlib.suppress(psutil.Error):
                 process.kill()
@@ -129,3 +129,13 @@ def ucla_subset(ucla_dir, tmp_path_factory) -> dict[str, Path]:
         ingest("nw-ucla", raw, data.parent, 0.0, 1, progress=False)
         split("ucla-xview", data, root / "split.json")
     return {"raw": raw, "data": data, "split": root / "split.json"}
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory) -> Path:
+    """A scratch project (tests/project.py: every 12th real NW-UCLA file, tiny profiles) after a real
+    `dvc repro` of the whole DAG, once per session; tests copy it (`copy_project`), never change it.
+    Mark its users `pytest.mark.xdist_group("built_project")` so `make test`'s workers build it once."""
+    from tests.project import build_project
+
+    return build_project(tmp_path_factory.mktemp("built") / "project")

@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import NTU_RAW_DIR, REPO_ROOT, UCLA_DIR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc_repro")]  # one worker builds `project`
 
 
 def _run(cmd: list[str], cwd: Path) -> str:

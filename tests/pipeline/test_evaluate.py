@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from slim.evaluation import class_balanced_subset, raw_joints_knn
 from slim.export import save_encoder
 from slim.layouts import get_layout
 from slim.models import build
+from tests.project import project_env
 
 TINY = {"dim": 32, "depth": 1, "heads": 2}
 TEST_PROFILE = {
@@ -265,43 +263,18 @@ def test_dag_protocols_must_suit_their_stage(tmp_path):
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_every_evaluation_of_the_dag(ucla, tmp_path):
-    """The whole DAG by real DVC in a scratch project on the 124-file subset, with tiny pretraining."""
-    for name in ("slim", "pipeline", "dvc.yaml"):
-        src = REPO_ROOT / name
-        copy = shutil.copytree if src.is_dir() else shutil.copy
-        copy(
-            src,
-            tmp_path / name,
-            **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}),
-        )
-    params = yaml.safe_load(ucla["params"].read_text())
-    params["datasets"] = {"nw-ucla": {"format": "nw-ucla", "raw": str(ucla["raw"])}}
-    params["protocols"] = {"ucla-xview": "nw-ucla"}
-    profile = params["pretrain"]["profiles"][params["pretrain"]["profile"]]
-    profile.update(num_workers=0, threads=1, checkpoint_every=2)
-    profile["slim"].update(
-        steps=2,
-        model={"encoder": TINY, "num_prototypes": 64, "head_hidden_dim": 64, "head_bottleneck_dim": 32},
-    )
-    profile["mae"].update(steps=2, model={**TINY, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for cmd in (
-        ["git", "init", "-q"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.analytics", "false"],
-        ["dvc", "repro"],
-    ):
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{cmd}:\n{proc.stdout}\n{proc.stderr}"
+@pytest.mark.xdist_group("built_project")
+def test_dvc_repro_runs_every_evaluation_of_the_dag(built_project):
+    """The session's project, built by a real `dvc repro` of the whole DAG (tests/project.py): every
+    evaluation of params.yaml's evaluate.dag is a DVC metric, and a second `dvc repro` does nothing."""
+    env = project_env(built_project)
     proc = subprocess.run(
-        ["dvc", "metrics", "show", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True
+        ["dvc", "metrics", "show", "--json"], cwd=built_project, env=env, capture_output=True, text=True
     )
     shown = json.loads(proc.stdout)
-    dag = params["evaluate"]["dag"]
+    dag = yaml.safe_load((built_project / "params.yaml").read_text())["evaluate"]["dag"]
     expected = {
-        f"reports/{p}/{m}/metrics.json" for p in dag["frozen"] for m in [*dag["methods"], "raw", "random"]
+        f"reports/{p}/{m}/metrics.json" for p in dag["frozen"] for m in [*dag["methods"], *dag["anchors"]]
     } | {
         f"reports/{p}/{m}/metrics.json"
         for p in dag["finetuned"]
@@ -310,3 +283,5 @@ def test_dvc_repro_runs_every_evaluation_of_the_dag(ucla, tmp_path):
     metrics = next(iter(shown.values()))["data"]
     assert expected <= set(metrics)
     assert all(0 <= metrics[path]["data"]["top1"] <= 1 for path in expected)
+    status = subprocess.run(["dvc", "status"], cwd=built_project, env=env, capture_output=True, text=True)
+    assert status.stdout.strip() == "Data and pipelines are up to date.", status.stdout

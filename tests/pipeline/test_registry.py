@@ -127,7 +127,9 @@ def evaluated(ucla_subset, tmp_path_factory) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- tests
 
 
-def test_register_stage_tags_alias_and_loads_back(evaluated, tmp_path):
+def test_register_stage_tags_alias_and_loads_back(evaluated, tmp_path, monkeypatch):
+    # a store of its own: the session store's parent run of this process may carry other tests' failures
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     name = "register-stage"
     params = write_params(tmp_path / "params.yaml", model_name=name)
     out = tmp_path / "registry" / f"{name}.json"

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,16 @@ TINY_PROFILE = {
         },
     },
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_store(tmp_path_factory) -> Iterator[str]:
+    """A store of this module's own: its tests look for the parent runs of this process, which other
+    modules' stage runs (some failing on purpose) would otherwise have left in the session store."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
 
 
 def md5(path: Path) -> str:
@@ -133,11 +144,11 @@ def test_default_store_is_the_repo_sqlite_file_and_tracking_can_be_switched_off(
         assert tracking.enabled() is on, value
 
 
-def test_experiments_keep_artifacts_beside_the_store(mlflow_store):
+def test_experiments_keep_artifacts_beside_the_store(module_store):
     experiment_id = tracking.experiment("t-artifacts")
     assert tracking.experiment("t-artifacts") == experiment_id
     found = client().get_experiment(experiment_id)
-    db = Path(mlflow_store.removeprefix("sqlite:///"))
+    db = Path(module_store.removeprefix("sqlite:///"))
     assert found.name == "slim-t-artifacts"
     assert found.artifact_location == (db.parent / "mlartifacts" / "slim-t-artifacts").as_uri()
 
