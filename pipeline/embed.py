@@ -13,10 +13,8 @@ An alias is resolved once, at the start, and the output's metadata records the v
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from pipeline.evaluate import torch_threads
 from slim.atomic import atomic_path
 from slim.checkpoint import load_checkpoint
 from slim.data.schema import iter_sequences
@@ -41,7 +40,15 @@ class RegisteredEncoder(nn.Module):
     code reads: `num_frames`, `num_joints`, `feature_dim`, `layout`. Exported graphs cannot switch
     train/eval mode: `train()` here only records the flag (the graph is the eval-mode encoder)."""
 
-    def __init__(self, graph: nn.Module, num_frames: int, num_joints: int, feature_dim: int, layout: str | None, source: dict):
+    def __init__(
+        self,
+        graph: nn.Module,
+        num_frames: int,
+        num_joints: int,
+        feature_dim: int,
+        layout: str | None,
+        source: dict,
+    ):
         super().__init__()
         self.graph = graph
         self.num_frames, self.num_joints, self.feature_dim = num_frames, num_joints, feature_dim
@@ -53,19 +60,6 @@ class RegisteredEncoder(nn.Module):
     def train(self, mode: bool = True) -> RegisteredEncoder:
         self.training = mode
         return self
-
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` torch threads (0: leave the default), then restore the old count."""
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def is_registry_uri(model: str) -> bool:
@@ -100,7 +94,9 @@ def sample_clips(sequences, layout: str, frames: int) -> torch.Tensor:
     clips = []
     for seq in sequences:
         if seq.layout != layout:
-            raise ValueError(f"sample {seq.sample_id}: layout {seq.layout!r}, but the encoder's is {layout!r}")
+            raise ValueError(
+                f"sample {seq.sample_id}: layout {seq.layout!r}, but the encoder's is {layout!r}"
+            )
         try:
             clips.append(eval_clip(prepare_clip(seq.joints, lay), frames))
         except ValueError as exc:
@@ -156,7 +152,9 @@ def run(
     }
     schema = pa.schema(fields, metadata=metadata)
     with torch_threads(threads):
-        rows, dim = _write(encoder, layout, input_path, output_path, schema, total, batch_size, chunk_size, progress)
+        rows, dim = _write(
+            encoder, layout, input_path, output_path, schema, total, batch_size, chunk_size, progress
+        )
     seconds = time.perf_counter() - start
     return {
         "model": facts["source"],
@@ -170,7 +168,9 @@ def run(
     }
 
 
-def _write(encoder, layout, input_path, output_path, schema, total, batch_size, chunk_size, progress) -> tuple[int, int | None]:
+def _write(
+    encoder, layout, input_path, output_path, schema, total, batch_size, chunk_size, progress
+) -> tuple[int, int | None]:
     """Stream the input in chunks of `chunk_size` sequences through the encoder into the output."""
     has_label = "label" in schema.names
     bar = None
@@ -222,4 +222,3 @@ def read_embeddings(path: Path) -> tuple[list[str], np.ndarray, dict]:
     raw = table.schema.metadata or {}
     meta = {k.decode(): v.decode() for k, v in raw.items() if k.startswith(META_PREFIX.encode())}
     return table.column("sample_id").to_pylist(), embeddings, meta
-
