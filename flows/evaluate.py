@@ -19,7 +19,6 @@ and to the version's tags `eval.<split>.<protocol>.top1`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import shutil
@@ -43,14 +42,6 @@ Protocol = Literal["linear", "knn", "semi1", "semi10", "finetune"]
 FROZEN = ("linear", "knn")
 DEFAULT_PROTOCOLS = ["linear", "knn"]
 MODEL_URI = r"^models:/[A-Za-z0-9][A-Za-z0-9._-]*(/[0-9]+|@[A-Za-z][\w-]*)$"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cache_path(root: Path, md5: str) -> Path:
@@ -111,7 +102,7 @@ def resolve(root: Path, model: str, dest: Path) -> dict:
         md5s.insert(0, tags["source.encoder_md5"])
     candidates += [_cache_path(root, md5) for md5 in dict.fromkeys(md5s)]
     for candidate in [*candidates, *_cached_archives(root)]:  # the last: any zip in the DVC cache
-        if candidate.is_file() and _sha256(candidate) == sha:
+        if candidate.is_file() and registry.sha256_file(candidate) == sha:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(candidate, dest)
             get_run_logger().info("%s v%s: encoder from %s", facts["name"], facts["version"], candidate)
