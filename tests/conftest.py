@@ -22,6 +22,21 @@ UCLA_DIR = SHARED_DATA / "nw-ucla" / "all_sqe"
 NTU_RAW_DIR = SHARED_DATA / "ntu" / "raw"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under `--dist loadgroup` (make test), pytest-xdist keeps an `xdist_group` on one worker by
+    renaming its tests `<id>@<group>`. Fail at once if that renaming did not take (a pytest release
+    that ignores it): the `built_project` tests would scatter and each worker rebuild the project."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    scattered = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if scattered:
+        raise pytest.UsageError(
+            f"--dist loadgroup: pytest {pytest.__version__} ignored pytest-xdist's xdist_group renaming "
+            f"(e.g. {scattered[0]}); install the pytest that pyproject.toml's dev extra pins"
+        )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def mlflow_store(tmp_path_factory) -> Iterator[str]:
     """Every test (and every process it starts) tracks into a session SQLite store, never the repo's

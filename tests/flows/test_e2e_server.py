@@ -61,6 +61,7 @@ def stack(built_project, tmp_path_factory) -> Iterator[dict]:
         "PREFECT_HOME": str(base / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker polls for scheduled runs every 2 s, not 10
         "MLFLOW_TRACKING_URI": store_uri(root),
     }
     env.pop("SLIM_PARENT_RUN_ID", None)
@@ -119,7 +120,7 @@ def test_deployed_retrain_runs_on_a_worker_and_registers_a_version(stack):
     stack["start"]("worker", str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--name", "e2e-gpu")
     triggered = run(
         stack, str(BIN / "prefect"), "deployment", "run", "retrain/weekly", "-p", "retry_delay_s=2",
-        "--watch", "--watch-interval", "5", "--watch-timeout", "900", timeout=960, check=False,
+        "--watch", "--watch-interval", "2", "--watch-timeout", "900", timeout=960, check=False,
     )  # fmt: skip
     worker_log = (stack["logs"] / "worker.log").read_text()
     assert "Completed" in triggered.stdout, (
