@@ -366,12 +366,17 @@ def _close_abandoned(c: MlflowClient, experiment_id: str) -> None:
     for run in c.search_runs([experiment_id], filter_string=query, max_results=1000):
         if _owner_alive(run.data.tags.get(OWNER_TAG, "")):
             continue
-        ok = True
-        for child in _children(c, experiment_id, run.info.run_id):
-            if child.info.status == "RUNNING":
-                c.set_terminated(child.info.run_id, "KILLED")
-            ok &= child.info.status == "FINISHED"
-        c.set_terminated(run.info.run_id, "FINISHED" if ok else "FAILED")
+        _end_parent(c, experiment_id, run.info.run_id)
+
+
+def _end_parent(c: MlflowClient, experiment_id: str, parent: str) -> None:
+    """End a parent FINISHED when all of its stages did, else FAILED (RUNNING stages become KILLED)."""
+    ok = True
+    for child in _children(c, experiment_id, parent):
+        if child.info.status == "RUNNING":
+            c.set_terminated(child.info.run_id, "KILLED")
+        ok &= child.info.status == "FINISHED"
+    c.set_terminated(parent, "FINISHED" if ok else "FAILED")
 
 
 def _owned_parent(c: MlflowClient, experiment_id: str, owner: str) -> Run | None:
@@ -408,17 +413,25 @@ def parent_run_id(dataset: str) -> str | None:
 
 def close_pipeline_run(dataset: str, status: str = "FINISHED") -> str | None:
     """End this `dvc repro`'s parent run (the DAG's last stage, `register`, calls it) unless a stage
-    already marked it FAILED; return its id (None if there is none open). A no-op under
-    `pipeline_run`, which ends its own."""
+    already marked it FAILED; return its id (None if there is none open). The same owner's parents in
+    other datasets' experiments (a repro that also ingests NTU has one in `slim-ntu`) end too, by
+    their stages' outcome. A no-op under `pipeline_run`, which ends its own."""
     if not enabled() or os.environ.get(PARENT_ENV):
         return None
-    c, experiment_id = client(), experiment(dataset)
-    found = _owned_parent(c, experiment_id, _owner_tag(_owner_process()))
-    if found is None:
-        return None
-    if found.info.status == "RUNNING":
-        c.set_terminated(found.info.run_id, status)
-    return found.info.run_id
+    c, own_experiment = client(), experiment(dataset)
+    owner = _owner_tag(_owner_process())
+    closed = None
+    for other in c.search_experiments():
+        found = _owned_parent(c, other.experiment_id, owner)
+        if found is None:
+            continue
+        if other.experiment_id == own_experiment:
+            closed = found.info.run_id
+            if found.info.status == "RUNNING":
+                c.set_terminated(closed, status)
+        elif found.info.status == "RUNNING":
+            _end_parent(c, other.experiment_id, found.info.run_id)
+    return closed
 
 
 def _status_of(exc: BaseException) -> str:

@@ -273,6 +273,20 @@ def test_a_failing_stage_fails_its_run_and_its_parent():
     assert "SLIM_PARENT_RUN_ID" not in os.environ
 
 
+def test_closing_a_repro_ends_its_parents_in_every_dataset_experiment():
+    """One `dvc repro` ingests two datasets, so it owns a parent in each one's experiment; `register`
+    closes its own and must not leave the other RUNNING."""
+    parents = {dataset: tracking.parent_run_id(dataset) for dataset in ("t-close-a", "t-close-b")}
+    with tracking.stage_run("ingest@b", dataset="t-close-b"):
+        pass
+    assert tracking.close_pipeline_run("t-close-a") == parents["t-close-a"]
+    assert {d: client().get_run(r).info.status for d, r in parents.items()} == {
+        "t-close-a": "FINISHED",
+        "t-close-b": "FINISHED",
+    }
+    assert tracking.close_pipeline_run("t-close-a") is None  # nothing of this owner left open
+
+
 def test_pipeline_run_nests_a_stage_run_in_a_child_process(ucla_subset, tmp_path):
     with tracking.pipeline_run("nw-ucla", name="flow test") as parent:
         assert os.environ["SLIM_PARENT_RUN_ID"] == parent
