@@ -1,7 +1,7 @@
 """Downstream accuracy against pretraining budget on this machine: how much CPU time does a method
 need before its features beat the raw-joints anchor?
 
-    python benchmarks/budget.py --method slim --profile cpu-long [--resume] [--skip-train]
+    python benchmarks/budget.py --method slim --profile cpu-long [--resume] [--skip-train] [--score-every N]
 
 Pretrains `method` with the params.yaml profile on the NW-UCLA cross-view training split (run
 `dvc repro split@ucla-xview` first), keeping a checkpoint every `checkpoint_every` steps, then scores
@@ -35,7 +35,8 @@ from pipeline.evaluate import (  # noqa: E402
     split_features,
 )
 from pipeline.params import load_profile  # noqa: E402
-from pipeline.pretrain import read_train_ids, train_config  # noqa: E402
+from pipeline.pretrain import train_config  # noqa: E402
+from pipeline.split import read_split  # noqa: E402
 from slim.atomic import atomic_write_text  # noqa: E402
 from slim.checkpoint import load_checkpoint  # noqa: E402
 from slim.data.dataset import load_training_clips  # noqa: E402
@@ -73,6 +74,11 @@ def main() -> None:
     )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted pretraining")
     parser.add_argument("--skip-train", action="store_true", help="only score the checkpoints already there")
+    parser.add_argument(
+        "--score-every", type=int, default=0, metavar="N",
+        help="score only checkpoints at multiples of N steps, and the last (default: all); "
+        "a MAE checkpoint costs about a minute to encode the split",
+    )  # fmt: skip
     args = parser.parse_args()
     for path in (args.split, args.data):
         if not path.is_file():
@@ -83,7 +89,7 @@ def main() -> None:
     _, eval_profile = load_profile(params, "evaluate", args.eval_profile)
     work = args.work or ROOT / "benchmarks" / "work" / f"{args.method}-{args.profile}"
     if not args.skip_train:
-        clips = load_training_clips(args.data, read_train_ids(args.split))
+        clips = load_training_clips(args.data, read_split(args.split)["train"])
         pretrain(config, clips, work, resume=args.resume, progress=True)
 
     data = load_eval_data(args.split, args.data)
@@ -97,7 +103,11 @@ def main() -> None:
     }
     print(f"anchors: {json.dumps(anchors)}", flush=True)
     curve = []
-    for path in sorted((work / "checkpoints").glob("step-*.pt")):
+    paths = sorted((work / "checkpoints").glob("step-*.pt"))
+    for path in paths:
+        step = int(path.stem.removeprefix("step-"))
+        if args.score_every and step % args.score_every and path != paths[-1]:
+            continue
         checkpoint = load_checkpoint(path)
         point = {"step": checkpoint["step"], "pretrain_minutes": round(checkpoint["elapsed_s"] / 60, 2)}
         for role, encoder in encoders_of(checkpoint, config, data.layout.num_joints).items():

@@ -224,12 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state = evaluate(model=args.model, protocols=args.protocols or DEFAULT_PROTOCOLS, split=args.split,
                      concurrency=args.concurrency, return_state=True)  # fmt: skip
-    print(
-        json.dumps(state.result(raise_on_failure=False), indent=2, default=str)
-        if state.is_completed()
-        else state.message
-    )
-    return 0 if state.is_completed() else 1
+    return report.print_final_state(state)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
-from flows import dag, stages
+from flows import dag, report, stages
 from flows.project import champion, model_name, project_root, short
 
 
@@ -87,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollback", action="store_true")
     args = parser.parse_args(argv)
     state = promote(version=args.version, force=args.force, rollback=args.rollback, return_state=True)
-    print(
-        json.dumps(state.result(raise_on_failure=False), indent=2, default=str)
-        if state.is_completed()
-        else state.message
-    )
-    return 0 if state.is_completed() else 1
+    return report.print_final_state(state)
 
 
 if __name__ == "__main__":

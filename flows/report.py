@@ -9,6 +9,15 @@ ENCODER_ORDER = ("slim", "mae", "raw", "random", "supervised")
 PROTOCOL_ORDER = ("linear", "knn", "semi1", "semi10", "finetune")
 
 
+def print_final_state(state) -> int:
+    """Print a finished flow run's result as JSON (or its failure message); the exit status for `main`."""
+    if state.is_completed():
+        print(json.dumps(state.result(raise_on_failure=False), indent=2, default=str))
+        return 0
+    print(state.message)
+    return 1
+
+
 def _rank(value: str, order: tuple[str, ...]) -> tuple:
     return (order.index(value) if value in order else len(order), value)
 

@@ -38,6 +38,7 @@ from pipeline.params import (
     FrozenProtocol,
     load_profile,
 )
+from pipeline.split import read_split
 from slim.atomic import atomic_path, atomic_write_text
 from slim.checkpoint import load_checkpoint
 from slim.data.schema import read_sequences
@@ -155,20 +156,6 @@ class EvalData:
     class_names: tuple[str, ...]
     train: Part
     test: Part
-
-
-def read_split(split_path: Path) -> dict:
-    try:
-        split = json.loads(Path(split_path).read_text())
-        ids = {part: sorted(split[part]) for part in ("train", "test")}
-        dataset = str(split["dataset"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{split_path}: not a split file (`slim split`) with `dataset` and `train`/`test` lists ({exc})"
-        ) from exc
-    if not ids["train"] or not ids["test"]:
-        raise ValueError(f"{split_path}: the train or the test list is empty")
-    return {"protocol": split.get("protocol", Path(split_path).stem), "dataset": dataset, **ids}
 
 
 def class_names(data_path: Path) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ import yaml
 
 from pipeline import tracking
 from pipeline.params import DEFAULT_PARAMS, PretrainProfile, load_profile
+from pipeline.split import read_split
 from slim.data.dataset import TrainingClips, load_training_clips
 from slim.distributed import env_info
 from slim.train import TrainConfig, config_from_dict, model_config, pretrain
@@ -35,21 +36,6 @@ def train_config(profile: PretrainProfile, method: str) -> TrainConfig:
     """The run's TrainConfig: the profile's shared settings plus its `method` section."""
     shared = profile.model_dump(exclude={"slim", "mae"})
     return TrainConfig(method=method, **shared, **getattr(profile, method).model_dump())
-
-
-def _read_split(split_path: Path) -> dict:
-    try:
-        split = json.loads(Path(split_path).read_text())
-        list(split["train"]), str(split["dataset"])
-        return split
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{split_path}: not a split file (`slim split`) with `dataset` and a `train` list ({exc})"
-        ) from exc
-
-
-def read_train_ids(split_path: Path) -> list[str]:
-    return list(_read_split(split_path)["train"])
 
 
 def resolved_config(config: TrainConfig, profile: str, num_joints: int) -> dict:
@@ -108,7 +94,7 @@ def run(
     """Pretrain `method` with the chosen profile; return the metrics (also written to metrics.json)."""
     profile_name, settings = load_profile(params_path, "pretrain", profile)
     config = train_config(settings, method)
-    split = _read_split(split_path)
+    split = read_split(split_path)
     out_dir = Path(out_dir)
     params = {
         "profile": profile_name,

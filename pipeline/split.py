@@ -22,6 +22,24 @@ def read_sample_meta(parquet_path: Path) -> list[SampleMeta]:
     return [SampleMeta(**row) for row in table.to_pylist()]
 
 
+def read_split(split_path: Path) -> dict:
+    """A split file written by `run`: {"protocol", "dataset", "train", "test"}, id lists sorted.
+
+    Raises ValueError naming the file when it is not one, or when either list is empty.
+    """
+    try:
+        split = json.loads(Path(split_path).read_text())
+        ids = {part: sorted(split[part]) for part in ("train", "test")}
+        dataset = str(split["dataset"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{split_path}: not a split file (`slim split`) with `dataset` and `train`/`test` lists ({exc})"
+        ) from exc
+    if not ids["train"] or not ids["test"]:
+        raise ValueError(f"{split_path}: the train or the test list is empty")
+    return {"protocol": split.get("protocol", Path(split_path).stem), "dataset": dataset, **ids}
+
+
 def run(protocol_name: str, parquet_path: Path, out_path: Path) -> dict:
     """Write `{"protocol", "dataset", "train": [...], "test": [...]}` to `out_path`; return counts."""
     protocol = get_protocol(protocol_name)
