@@ -203,6 +203,41 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message says where."""
 
 
+# Keys of the `pretrain` / `evaluate` sections that are the section's own; any other key there is a
+# profile setting that overrides every profile (see `apply_section_overrides`).
+_SECTION_KEYS = {"pretrain": {"profile", "profiles"}, "evaluate": {"profile", "profiles", "dag"}}
+
+
+def _deep_merge(base: Any, update: Any) -> Any:
+    """`update` over `base`, mappings merged key by key; a null in `update` leaves that key as it is
+    (present with its value, or absent so that its default applies)."""
+    if not isinstance(update, dict):
+        return update
+    merged = dict(base) if isinstance(base, dict) else {}
+    for key, value in update.items():
+        if value is not None:
+            merged[key] = _deep_merge(merged.get(key), value)
+    return merged
+
+
+def apply_section_overrides(raw: dict) -> dict:
+    """Profile settings written directly under `pretrain:` or `evaluate:` override them in every profile
+    (nested mappings merge; null keeps the profile's value), so `dvc exp run -S pretrain.lr=1e-3` or
+    `-S pretrain.slim.steps=200` changes the run whatever profile it uses. DVC's `-S` sets only keys
+    that exist, hence the null placeholders in params.yaml; `-S +section.key=value` adds any other.
+    Validation then checks the merged profiles."""
+    raw = dict(raw)
+    for section, own in _SECTION_KEYS.items():
+        block = raw.get(section)
+        if not isinstance(block, dict) or not isinstance(block.get("profiles"), dict):
+            continue
+        overrides = {k: v for k, v in block.items() if k not in own}
+        if overrides:
+            profiles = {name: _deep_merge(profile, overrides) for name, profile in block["profiles"].items()}
+            raw[section] = {k: v for k, v in block.items() if k in own} | {"profiles": profiles}
+    return raw
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     path = Path(path)
     try:
@@ -210,7 +245,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     except (OSError, yaml.YAMLError) as exc:
         raise ParamsError(f"{path}: cannot read parameters: {exc}") from exc
     try:
-        return Params.model_validate(raw or {})
+        return Params.model_validate(apply_section_overrides(raw) if isinstance(raw, dict) else raw or {})
     except (ValidationError, ValueError) as exc:
         raise ParamsError(f"{path}: invalid parameters:\n{exc}") from exc
 
