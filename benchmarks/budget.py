@@ -38,7 +38,7 @@ from pipeline.params import load_profile  # noqa: E402
 from pipeline.pretrain import train_config  # noqa: E402
 from pipeline.split import read_split  # noqa: E402
 from slim.atomic import atomic_write_text  # noqa: E402
-from slim.checkpoint import load_checkpoint  # noqa: E402
+from slim.checkpoint import CHECKPOINT_PATTERN, load_checkpoint  # noqa: E402
 from slim.data.dataset import load_training_clips  # noqa: E402
 from slim.train import build_model, model_config, pretrain  # noqa: E402
 
@@ -103,9 +103,9 @@ def main() -> None:
     }
     print(f"anchors: {json.dumps(anchors)}", flush=True)
     curve = []
-    paths = sorted((work / "checkpoints").glob("step-*.pt"))
+    paths = sorted(p for p in (work / "checkpoints").iterdir() if CHECKPOINT_PATTERN.match(p.name))
     for path in paths:
-        step = int(path.stem.removeprefix("step-"))
+        step = int(CHECKPOINT_PATTERN.match(path.name).group(1))
         if args.score_every and step % args.score_every and path != paths[-1]:
             continue
         checkpoint = load_checkpoint(path)
