@@ -1,6 +1,7 @@
 """Flow `promote`: put a registered encoder version through the promotion gate (`slim promote`:
-alias `champion` moves only if the candidate beats the champion; the first version always becomes
-champion), or roll the champion back.
+alias `champion` moves only if the candidate beats the anchors measured in its DAG run by
+`registry.floor_margin`, and the champion if there is one; a first version below that floor leaves
+no champion), or roll the champion back.
 
     python -m flows.promote                 # the `challenger`
     python -m flows.promote --version 3
@@ -71,6 +72,7 @@ def promote(
         "",
         f"- candidate: v{decision['version']}",
         f"- champion before: {short(before)}; after: {short(after)}",
+        *(["- **no champion**: no version has passed the gate (reasons below)"] if after is None else []),
         "",
         *(f"- {reason}" for reason in decision.get("reasons", [])),
     ]

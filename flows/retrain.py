@@ -142,7 +142,7 @@ def detect_changes(root: Path, plan: dag.Plan, name: str) -> Changes:
 
 
 def _registered(root: Path, name: str) -> dict | None:
-    path = root / "reports" / "registry" / f"{name}.json"
+    path = root / "registry" / f"{name}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -296,7 +296,7 @@ def register(
     ),
     reports: Annotated[Path, typer.Option(help="Reports root holding <protocol>/<method>/metrics.json.")] = Path("reports"),
     out: Annotated[
-        Path | None, typer.Option(help="JSON to write (default reports/registry/<model>.json).")
+        Path | None, typer.Option(help="JSON to write (default registry/<model>.json).")
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="Experiment's dataset (default: the Parquet's `dataset`).")] = None,
     params: Annotated[Path, typer.Option(help="Parameters file (`registry`, `evaluate.dag`).")] = Path("params.yaml"),
@@ -309,7 +309,7 @@ def register(
 
     errors = _registry_errors()
     try:
-        out = out or Path("reports/registry") / f"{settings(params).model_name}.json"
+        out = out or Path("registry") / f"{settings(params).model_name}.json"
         doc = run(encoder, data, reports, out, params_path=params, dataset=dataset)
     except errors as exc:
         _fail(str(exc))
@@ -321,15 +321,17 @@ def promote(
     model: Annotated[str | None, typer.Option(help="Registered model (default: params registry.model_name).")] = None,
     version: Annotated[str, typer.Option(help="Candidate: a version number or an alias.")] = "challenger",
     rollback: Annotated[bool, typer.Option("--rollback", help="Give `champion` back to the previous champion.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses (recorded as `forced`).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the gate (anchor floor included) refuses; recorded as `forced`.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON instead of text.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 3 when the gate refuses the candidate.")] = False,
     params: Annotated[Path, typer.Option(help="Parameters file (`registry`: gate rules).")] = Path("params.yaml"),
 ) -> None:
-    """Move alias `champion` to the candidate if it beats the champion on the primary metric by the
-    margin and regresses no other protocol beyond the tolerance (the first version always becomes
-    champion); the decision and its reasons become version tags. Exit 0 whether promoted or kept
-    (3 with --strict when refused), 1 on errors. --rollback restores the previous champion."""
+    """Move alias `champion` to the candidate if it beats the anchors measured in its DAG run
+    (`registry.floor_anchors` by `floor_margin`; the first version too, so below the floor there is
+    no champion) and beats the champion on the primary metric by the margin, regressing no other
+    protocol beyond the tolerance. The decision, stating the candidate against every anchor, becomes
+    version tags. Exit 0 whether promoted or kept (3 with --strict when refused), 1 on errors.
+    --rollback restores the previous champion; --force promotes a refused one (recorded as `forced`)."""
     _require_files(params=params)
     from pipeline import registry
 
@@ -340,7 +342,7 @@ def promote(
         if rollback:
             decision = registry.rollback(name)
         else:
-            rules = registry.GateRules(settings.primary_metric, settings.margin, settings.tolerance)
+            rules = registry.GateRules.from_settings(settings)
             decision = registry.promote(name, version, rules, force=force)
     except errors as exc:
         _fail(str(exc))

@@ -37,7 +37,7 @@ META_PREFIX = "slim.embed."
 
 class RegisteredEncoder(nn.Module):
     """An encoder loaded from the registry (a torch.export graph) with the attributes the evaluation
-    code reads: `num_frames`, `num_joints`, `feature_dim`, `layout`. Exported graphs cannot switch
+    code reads: `num_frames`, `num_joints`, `feature_dim`, `layout`, `normalise_view`. Exported graphs cannot switch
     train/eval mode: `train()` here only records the flag (the graph is the eval-mode encoder)."""
 
     def __init__(
@@ -48,10 +48,12 @@ class RegisteredEncoder(nn.Module):
         feature_dim: int,
         layout: str | None,
         source: dict,
+        normalise_view: bool = False,
     ):
         super().__init__()
         self.graph = graph
         self.num_frames, self.num_joints, self.feature_dim = num_frames, num_joints, feature_dim
+        self.normalise_view = normalise_view
         self.layout, self.source = layout, source
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,7 @@ def load_model(model: str) -> tuple[nn.Module, dict]:
     return load_encoder(path), {"source": str(path), "resolved": str(path), "layout": state.get("layout")}
 
 
-def sample_clips(sequences, layout: str, frames: int) -> torch.Tensor:
+def sample_clips(sequences, layout: str, frames: int, normalise_view: bool) -> torch.Tensor:
     """`(N, 2, 3, frames, J)` test-time clips, as the evaluation builds them."""
     lay = get_layout(layout)
     clips = []
@@ -98,7 +100,7 @@ def sample_clips(sequences, layout: str, frames: int) -> torch.Tensor:
                 f"sample {seq.sample_id}: layout {seq.layout!r}, but the encoder's is {layout!r}"
             )
         try:
-            clips.append(eval_clip(prepare_clip(seq.joints, lay), frames))
+            clips.append(eval_clip(prepare_clip(seq.joints, lay, normalise=normalise_view), frames))
         except ValueError as exc:
             raise ValueError(f"sample {seq.sample_id}: {exc}") from exc
     return torch.from_numpy(np.stack(clips))
@@ -147,6 +149,7 @@ def run(
         f"{META_PREFIX}version": "" if facts.get("version") is None else str(facts["version"]),
         f"{META_PREFIX}layout": layout,
         f"{META_PREFIX}num_frames": str(encoder.num_frames),
+        f"{META_PREFIX}normalise_view": str(encoder.normalise_view).lower(),
         f"{META_PREFIX}feature": "L2-normalised concat of per-person encoder features, 2 person slots, absent = 0",
         f"{META_PREFIX}input": str(input_path),
     }
@@ -192,7 +195,7 @@ def _write(
                             continue
                     if not chunk:
                         break
-                    clips = sample_clips(chunk, layout, encoder.num_frames)
+                    clips = sample_clips(chunk, layout, encoder.num_frames, encoder.normalise_view)
                     features = extract_features(encoder, clips, batch_size).numpy()
                     dim = features.shape[1]
                     columns = {"sample_id": pa.array([s.sample_id for s in chunk], pa.string())}

@@ -193,12 +193,13 @@ def load_eval_data(split_path: Path, data_path: Path) -> EvalData:
     )
 
 
-def clip_tensor(part: Part, layout: Layout, frames: int) -> torch.Tensor:
-    """The test-time input of every sample, `(N, 2, 3, frames, J)`: both persons, absent ones zero."""
+def clip_tensor(part: Part, layout: Layout, frames: int, normalise_view: bool) -> torch.Tensor:
+    """The test-time input of every sample, `(N, 2, 3, frames, J)`: both persons, absent ones zero,
+    view-normalised when the encoder expects it (`encoder.normalise_view`)."""
     clips = []
     for sample_id, joints in zip(part.ids, part.joints, strict=True):
         try:
-            clips.append(eval_clip(prepare_clip(joints, layout), frames))
+            clips.append(eval_clip(prepare_clip(joints, layout, normalise=normalise_view), frames))
         except ValueError as exc:
             raise ValueError(f"sample {sample_id}: {exc}") from exc
     return torch.from_numpy(np.stack(clips))
@@ -218,9 +219,10 @@ def pretrained_encoder(spec: EncoderSpec, layout: Layout) -> nn.Module:
 
 
 def anchor_encoder(method: str, layout: Layout, params_path: Path, seed: int) -> nn.Module:
-    """A random-init encoder with the config of `method` in the active pretrain profile."""
+    """A random-init encoder with the config (and clip preparation) of `method` in the active
+    pretrain profile."""
     profile = load_profile(params_path, "pretrain", None)[1]
-    config = model_config(method, getattr(profile, method).model, layout.num_joints)
+    config = model_config(method, getattr(profile, method).model, layout.num_joints, profile.normalise_view)
     encoder_config = config.encoder if method == "slim" else config
     fields = {k: v for k, v in asdict(encoder_config).items() if k != "num_joints"}
     with torch.random.fork_rng(devices=[]):  # the init draws from the global RNG: seed it, then restore
@@ -242,15 +244,19 @@ class Outcome:
 
 
 def frozen_features(
-    encoder: nn.Module | None, data: EvalData, batch_size: int, progress: bool
+    encoder: nn.Module | None, data: EvalData, batch_size: int, progress: bool, raw_normalise_view: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and test features: the raw-joints anchor's when `encoder` is None."""
+    """Train and test features: the raw-joints anchor's (prepared as `raw_normalise_view` says) when
+    `encoder` is None."""
     if encoder is None:
-        return tuple(raw_joint_features(part.joints, data.layout) for part in (data.train, data.test))
+        return tuple(
+            raw_joint_features(part.joints, data.layout, normalise_view=raw_normalise_view)
+            for part in (data.train, data.test)
+        )
     device = next(encoder.parameters()).device
 
     def features(part: Part) -> torch.Tensor:
-        clips = clip_tensor(part, data.layout, encoder.num_frames)
+        clips = clip_tensor(part, data.layout, encoder.num_frames, encoder.normalise_view)
         return extract_features(encoder, clips, batch_size, device, progress)
 
     return features(data.train), features(data.test)
@@ -299,10 +305,10 @@ def run_finetune(
     train = data.train
     if fraction < 1.0:
         train = train.subset(class_balanced_subset(train.ids, train.labels.tolist(), fraction, profile.seed))
-    test_clips = clip_tensor(data.test, data.layout, encoder.num_frames)
+    test_clips = clip_tensor(data.test, data.layout, encoder.num_frames, encoder.normalise_view)
     model, result = finetune(
         encoder,
-        clip_tensor(train, data.layout, encoder.num_frames),
+        clip_tensor(train, data.layout, encoder.num_frames, encoder.normalise_view),
         train.labels,
         test_clips,
         data.test.labels,
@@ -333,7 +339,8 @@ def split_features(
 ) -> SplitFeatures:
     """The frozen features of both sides of the split (what `slim features` writes)."""
     encoder = encoder_for(spec, data, params_path, profile.seed)
-    train, test = frozen_features(encoder, data, profile.batch_size, progress)
+    normalise = load_profile(params_path, "pretrain", None)[1].normalise_view  # the raw anchor's preparation
+    train, test = frozen_features(encoder, data, profile.batch_size, progress, normalise)
     return SplitFeatures(spec.name, data.split, data.layout.name, data.train.ids, train, data.test.ids, test)
 
 

@@ -35,6 +35,7 @@ class SLiMPretrainParams(_Strict):
     steps: int = Field(gt=0, description="optimiser steps")
     momentum: Pair = Field((0.994, 1.0), description="teacher EMA momentum, cosine start -> end")
     teacher_temp: Pair = Field((0.04, 0.07), description="teacher temperature, linear warm-up start -> end")
+    teacher_temp_warmup: float = Field(0.2, ge=0.0, le=1.0, description="share of the steps the warm-up takes")
     freeze_last_layer_steps: int = Field(0, ge=0, description="steps with the prototype layers' lr at 0")
     model: dict[str, Any] = Field(default_factory=dict, description="SLiMConfig overrides (encoder: {...})")
     views: dict[str, Any] = Field(default_factory=dict, description="ViewConfig overrides")
@@ -53,6 +54,8 @@ class PretrainProfile(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="CUDA only; CPU runs fp32")
     threads: int = Field(0, ge=0, description="torch threads per process; 0 = one per core")
     num_workers: int = Field(0, ge=0, description="data-loading processes")
+    normalise_view: bool = Field(True, description="rotate clips to the canonical view (spine up, hips along x)")
+    pad_frames: int = Field(0, ge=0, description="ping-pong pad shorter training clips to this; 0 = never")
     checkpoint_every: int = Field(100, gt=0)
     keep_checkpoints: int = Field(2, gt=0)
     lr: float = Field(2e-4, gt=0, description="peak lr at batch 1024, scaled by sqrt(batch/1024)")
@@ -158,9 +161,32 @@ class RegistryParams(_Strict):
     )
     margin: float = Field(0.0, ge=0.0, le=1.0, description="by at least this much (absolute; strictly better)")
     tolerance: float = Field(0.02, ge=0.0, le=1.0, description="largest drop of another protocol's top1")
+    floor_anchors: list[Literal["random", "raw"]] = Field(
+        ["random"],
+        description="anchors (evaluate.dag.anchors, measured in the same DAG on the same split) the challenger "
+        "must beat on primary_metric to become champion, the first one too; [] = no floor",
+    )
+    floor_margin: float = Field(
+        0.0, ge=0.0, le=1.0, description="by at least this much over every floor anchor (absolute; strictly better)"
+    )
     example_clips: int = Field(2, ge=2, le=64, description="real clips in the logged input example (>= 2)")
     throughput_batch: int = Field(16, ge=1, description="real clips per timed forward for clips/s")
     threads: int = Field(1, ge=0, description="torch threads while exporting and timing; 0 = one per core")
+
+    @model_validator(mode="after")
+    def _floor_is_measurable(self) -> RegistryParams:
+        """The anchors are frozen-feature baselines (linear, knn): a floor on a fine-tuning metric would
+        compare against numbers the DAG never measures."""
+        if len(set(self.floor_anchors)) != len(self.floor_anchors):
+            raise ValueError(f"registry.floor_anchors {self.floor_anchors}: an anchor is listed twice")
+        protocol = self.primary_metric.split(".")[0]
+        if self.floor_anchors and protocol not in ("linear", "knn"):
+            raise ValueError(
+                f"registry.floor_anchors {self.floor_anchors}: the anchors are evaluated only under the frozen "
+                f"protocols (linear, knn), not {protocol!r} of primary_metric {self.primary_metric!r}; "
+                "use a linear/knn primary_metric or set floor_anchors: []"
+            )
+        return self
 
 
 class Params(_Strict):

@@ -7,8 +7,9 @@ real training clip) and, for SLiM, `views.png` (its skeletal augmentations on th
 under `torchrun --nproc_per_node N -m pipeline.cli pretrain ...` for DDP.
 
 Tracked as MLflow run `pretrain@<method>` (rank 0 only): the flattened profile as params, the
-per-step columns of plots.csv as metric histories (`train/<column>`), metrics.json, the figures, and
-`config.yaml`, the run's settings with every default filled in.
+per-step columns of plots.csv as metric histories (`train/<column>`, SLiM's collapse monitor among
+them: `train/teacher_cls_entropy` etc., fractions of ln K), metrics.json, the figures, `config.yaml`,
+the run's settings with every default filled in, and for SLiM a tag `monitor.collapse` (ok | warned).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def resolved_config(config: TrainConfig, profile: str, num_joints: int) -> dict:
     doc = {
         "profile": profile,
         "train": asdict(config),
-        "model": asdict(model_config(config.method, config.model, num_joints)),
+        "model": asdict(model_config(config.method, config.model, num_joints, config.normalise_view)),
     }
     if config.method == "slim":
         doc["views"] = asdict(config_from_dict(ViewConfig, config.views, "views"))
@@ -108,7 +109,7 @@ def run(
         data_path=data_path,
         params_path=params_path,
     ) as active:
-        data = load_training_clips(data_path, split["train"])
+        data = load_training_clips(data_path, split["train"], config.normalise_view)
         metrics = pretrain(config, data, out_dir, resume=resume, progress=progress)
         if env_info().is_main:
             write_figures(config, data, out_dir)
@@ -124,4 +125,6 @@ def run(
             tracking.log_artifacts(
                 [out_dir / "metrics.json", out_dir / "plots.csv", *(out_dir / f for f in FIGURES)]
             )
+            if method == "slim":  # the collapse monitor's verdict in the runs table (warnings: metrics.json)
+                tracking.set_tags({"monitor.collapse": "warned" if metrics["collapse_warnings"] else "ok"})
     return metrics

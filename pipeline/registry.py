@@ -3,10 +3,12 @@ promotion gate, roll it back, and load a registered encoder for inference.
 
 With `pipeline/tracking.py` the only module that imports mlflow. Aliases, not stages (stages are
 deprecated): a new version gets `challenger`; `promote` moves `champion` to it only if it passes
-the gate (see `decide`). Every decision is written as tags of the candidate version
-(`promotion.decision`, `promotion.reasons`, `promotion.compared_to`, `promotion.time`), and the
-registered model keeps the champion history as two tags: `champion.stack` (JSON list of versions,
-the last is the champion; `rollback` pops it) and `champion.history` (JSON list of events).
+the gate (see `decide`): it must clear the floor of the anchors measured in the same DAG run (tags
+`anchor.<anchor>.<protocol>.<metric>`), also when there is no champion yet, and beat the champion.
+Every decision is written as tags of the candidate version (`promotion.decision`,
+`promotion.reasons`, `promotion.compared_to`, `promotion.time`), and the registered model keeps the
+champion history as two tags: `champion.stack` (JSON list of versions, the last is the champion;
+`rollback` pops it) and `champion.history` (JSON list of events).
 
 Promotions and rollbacks are read-modify-write sequences on the registry, so they run under an
 exclusive `fcntl.flock` (see `lock_path`): two at once leave exactly one champion and a consistent
@@ -54,6 +56,8 @@ STACK_TAG = "champion.stack"
 HISTORY_TAG = "champion.history"
 HISTORY_MAX = 200  # events kept in the `champion.history` tag (its value is limited to 100k chars)
 METRIC_PREFIX = "metric."
+ANCHOR_PREFIX = "anchor."  # anchor.<anchor>.<protocol>.<metric>: the anchors measured in the same DAG run
+ANCHORS = ("random", "raw")  # the frozen-feature anchors evaluate.dag.anchors can run
 LOCK_ENV = "SLIM_REGISTRY_LOCK"
 LOCK_TIMEOUT_ENV = "SLIM_REGISTRY_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT_S = 600.0
@@ -118,7 +122,8 @@ def log_encoder(
 
     `example` is a batch of real clips `(B, 3, T, J)` with B >= 2: torch.export specialises a size-1
     dimension, and a batch-1 example would freeze the batch size of the exported graph. The model's
-    metadata records `layout` (skeleton layout name), `num_frames` and `feature_dim`.
+    metadata records `layout` (skeleton layout name), `num_frames`, `feature_dim` and
+    `normalise_view` (whether clips must be view-normalised before they reach the model).
     """
     import mlflow
     import torch
@@ -142,7 +147,13 @@ def log_encoder(
         serialization_format="pt2",
         # explicit requirements: inferring them loads the model again in a subprocess (~10 s)
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        metadata={"layout": layout, "num_frames": int(example.shape[2]), "feature_dim": int(out.shape[1]), **(metadata or {})},
+        metadata={
+            "layout": layout,
+            "num_frames": int(example.shape[2]),
+            "feature_dim": int(out.shape[1]),
+            "normalise_view": bool(getattr(encoder, "normalise_view", False)),
+            **(metadata or {}),
+        },
     )
 
 
@@ -238,6 +249,21 @@ def version_metrics(version) -> dict[str, float]:
     return out
 
 
+def version_anchors(version) -> dict[str, dict[str, float]]:
+    """{anchor: {`<protocol>.<name>`: value}} of a ModelVersion from its `anchor.<anchor>.<protocol>.<name>`
+    tags: what the anchors scored in the DAG run that registered it."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in version.tags.items():
+        anchor, _, metric = key.removeprefix(ANCHOR_PREFIX).partition(".")
+        if not key.startswith(ANCHOR_PREFIX) or not metric:
+            continue
+        try:
+            out.setdefault(anchor, {})[metric] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
 def champion_stack(model_name: str, client: MlflowClient | None = None) -> list[int]:
     """Champions in the order they were crowned; the last is the current one (rollback pops it)."""
     client = client or connect()
@@ -257,35 +283,83 @@ def champion_history(model_name: str, client: MlflowClient | None = None) -> lis
 
 @dataclass(frozen=True)
 class GateRules:
-    """Promote only if the candidate beats the champion on `primary_metric` (`<protocol>.<metric>`,
-    e.g. `linear.top1`) by at least `margin` (and strictly), and no other protocol's top-1 drops by
-    more than `tolerance` (absolute, accuracies as fractions)."""
+    """Promote only if the candidate beats every anchor of `floor_anchors` on `primary_metric`
+    (`<protocol>.<metric>`, e.g. `linear.top1`) by at least `floor_margin` (and strictly), also when
+    there is no champion; and beats the champion on it by at least `margin` (and strictly), and no
+    other protocol's top-1 drops by more than `tolerance` (absolute, accuracies as fractions).
+
+    The defaults enforce no floor: library callers opt in; `slim promote` takes params.yaml's
+    `registry` section (`from_settings`), whose default floor is the random-init encoder."""
 
     primary_metric: str = "linear.top1"
     margin: float = 0.0
     tolerance: float = 0.02
+    floor_anchors: tuple[str, ...] = ()
+    floor_margin: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: RegistryParams) -> GateRules:
+        """The rules params.yaml's `registry` section sets."""
+        return cls(
+            settings.primary_metric, settings.margin, settings.tolerance, tuple(settings.floor_anchors),
+            settings.floor_margin,
+        )  # fmt: skip
 
 
 def _protocol(metric: str) -> str:
     return metric.split(".", 1)[0]
 
 
-def decide(candidate: Mapping[str, float], champion: Mapping[str, float], rules: GateRules) -> tuple[bool, list[str]]:
-    """(promote?, reasons) for `candidate` against `champion` metrics (keys `<protocol>.<metric>`).
+def _beats(delta: float, margin: float) -> bool:
+    """Strictly better, and by at least `margin` (a tie never passes, even with margin 0)."""
+    return delta > 0 and delta >= margin - 1e-12
 
-    Compared besides the primary metric: `<protocol>.top1` of every other protocol the champion has;
-    a protocol the candidate lacks is a refusal (it could hide a regression).
-    """
-    reasons: list[str] = []
-    ok = True
+
+def anchor_floor(value: float, anchors: Mapping[str, Mapping[str, float]], rules: GateRules) -> tuple[bool, str]:
+    """(clears the floor?, one line) for the candidate's `value` of the primary metric against the
+    anchors measured with it (`version_anchors`). The line states every anchor, enforced or not, so
+    a decision always shows where the candidate stands: e.g. `anchor floor passed: linear.top1 0.6520
+    vs random 0.5980 (+0.0540, floor +0.05: pass); vs raw 0.7600 (-0.1080, not enforced)`. An enforced
+    anchor that was not measured fails the floor (nothing says the candidate beats it)."""
     key = rules.primary_metric
-    if key not in candidate:
-        return False, [f"candidate has no {key} (tags {METRIC_PREFIX}{key}); cannot compare"]
+    names = [*rules.floor_anchors, *sorted((set(ANCHORS) | set(anchors)) - set(rules.floor_anchors))]
+    ok, parts = True, []
+    for name in names:
+        enforced = name in rules.floor_anchors
+        score = anchors.get(name, {}).get(key)
+        if score is None:
+            ok = ok and not enforced
+            parts.append(
+                f"vs {name}: not measured with this version (floor: fail; register it with {name} in "
+                "evaluate.dag.anchors)" if enforced else f"vs {name}: not measured (not enforced)"
+            )
+            continue
+        delta = value - score
+        if enforced:
+            passed = _beats(delta, rules.floor_margin)
+            ok = ok and passed
+            verdict = f"floor {rules.floor_margin:+g}: {'pass' if passed else 'fail'}"
+        else:
+            verdict = "not enforced"
+        parts.append(f"vs {name} {score:.4f} ({delta:+.4f}, {verdict})")
+    head = (
+        "no anchor floor" if not rules.floor_anchors else f"anchor floor {'passed' if ok else 'failed'}"
+    )
+    return ok, f"{head}: {key} {value:.4f} " + "; ".join(parts)
+
+
+def _against_champion(
+    candidate: Mapping[str, float], champion: Mapping[str, float], rules: GateRules
+) -> tuple[bool, list[str]]:
+    """The primary metric by `margin`, and no other protocol's top-1 down by more than `tolerance`."""
+    key = rules.primary_metric
     if key not in champion:
         return False, [f"champion has no {key}; cannot compare (use --force to promote anyway)"]
+    reasons: list[str] = []
+    ok = True
     delta = candidate[key] - champion[key]
     text = f"{key} {candidate[key]:.4f} vs champion {champion[key]:.4f} ({delta:+.4f})"
-    if delta > 0 and delta >= rules.margin - 1e-12:
+    if _beats(delta, rules.margin):
         reasons.append(f"{text}: beats it by >= margin {rules.margin:g}")
     else:
         ok = False
@@ -305,6 +379,29 @@ def decide(candidate: Mapping[str, float], champion: Mapping[str, float], rules:
         else:
             reasons.append(f"{line}: within tolerance {rules.tolerance:g}")
     return ok, reasons
+
+
+def decide(
+    candidate: Mapping[str, float],
+    champion: Mapping[str, float] | None,
+    rules: GateRules,
+    anchors: Mapping[str, Mapping[str, float]] | None = None,
+) -> tuple[bool, list[str]]:
+    """(promote?, reasons) for `candidate` against the `anchors` it was measured with (the floor,
+    first reason) and the `champion` (None: there is none yet, the floor alone decides). Metric keys
+    are `<protocol>.<metric>`.
+
+    Compared besides the primary metric: `<protocol>.top1` of every other protocol the champion has;
+    a protocol the candidate lacks is a refusal (it could hide a regression).
+    """
+    key = rules.primary_metric
+    if key not in candidate:
+        return False, [f"candidate has no {key} (tags {METRIC_PREFIX}{key}); cannot compare"]
+    ok, line = anchor_floor(candidate[key], anchors or {}, rules)
+    if champion is None:
+        return ok, [line, "no champion yet"]
+    beats, reasons = _against_champion(candidate, champion, rules)
+    return ok and beats, [line, *reasons]
 
 
 # ----------------------------------------------------------------------------- the lock
@@ -364,7 +461,7 @@ class Decision:
     model: str
     decision: str  # first | promoted | forced | refused | unchanged | rolled_back
     version: int  # the candidate (promote) or the restored champion (rollback)
-    champion: int | None  # the champion afterwards
+    champion: int | None  # the champion afterwards (None: a refused first candidate leaves none)
     previous_champion: int | None
     reasons: list[str] = field(default_factory=list)
     time: str = field(default_factory=_now)
@@ -377,11 +474,16 @@ class Decision:
         return asdict(self)
 
     def summary(self) -> str:
+        was = "none before" if self.previous_champion is None else f"was v{self.previous_champion}"
+        stays = (
+            f"{CHAMPION} stays v{self.champion}" if self.champion is not None
+            else f"there is still no {CHAMPION} (no version has passed the gate)"
+        )  # fmt: skip
         head = {
             "first": f"{self.model} v{self.version} is the first champion",
             "promoted": f"{self.model} v{self.version} promoted to {CHAMPION} (was v{self.previous_champion})",
-            "forced": f"{self.model} v{self.version} forced to {CHAMPION} (was v{self.previous_champion})",
-            "refused": f"{self.model} v{self.version} refused: {CHAMPION} stays v{self.champion}",
+            "forced": f"{self.model} v{self.version} forced to {CHAMPION} ({was})",
+            "refused": f"{self.model} v{self.version} refused: {stays}",
             "unchanged": f"{self.model} v{self.version} is already {CHAMPION}: nothing to do",
             "rolled_back": f"{self.model}: {CHAMPION} rolled back from v{self.previous_champion} to v{self.version}",
         }[self.decision]
@@ -426,9 +528,11 @@ def promote(
     force: bool = False,
     lock: Path | None = None,
 ) -> Decision:
-    """Move `champion` to version `ref` (number or alias) if it passes the gate (`decide`); the first
-    version becomes champion. Writes the decision as tags of the candidate and records it in the
-    champion history. Serialised by `promotion_lock`."""
+    """Move `champion` to version `ref` (number or alias) if it passes the gate (`decide`): the anchor
+    floor always, the champion when there is one (so a first version that does not clear the floor
+    is refused and leaves no champion). `force` promotes a refused candidate anyway (decision
+    `forced`, the gate's reasons kept). Writes the decision as tags of the candidate and records it
+    in the champion history. Serialised by `promotion_lock`."""
     client = connect()
     with promotion_lock(lock):
         candidate = get_version(model_name, ref, client)
@@ -436,17 +540,15 @@ def promote(
         champion, stack, history = _current(client, model_name)
         if champion == version:
             return Decision(model_name, "unchanged", version, champion, champion, [f"v{version} is already {CHAMPION}"])
-        if champion is None:
-            decision = Decision(model_name, "first", version, version, None, ["no champion yet"])
+        champion_metrics = None if champion is None else version_metrics(get_version(model_name, champion, client))
+        ok, reasons = decide(version_metrics(candidate), champion_metrics, rules, version_anchors(candidate))
+        if force and not ok:
+            decision = Decision(model_name, "forced", version, version, champion, ["--force", *reasons])
+        elif ok:
+            action = "first" if champion is None else "promoted"
+            decision = Decision(model_name, action, version, version, champion, reasons)
         else:
-            champ_version = get_version(model_name, champion, client)
-            ok, reasons = decide(version_metrics(candidate), version_metrics(champ_version), rules)
-            if force and not ok:
-                decision = Decision(model_name, "forced", version, version, champion, ["--force", *reasons])
-            elif ok:
-                decision = Decision(model_name, "promoted", version, version, champion, reasons)
-            else:
-                decision = Decision(model_name, "refused", version, champion, champion, reasons)
+            decision = Decision(model_name, "refused", version, champion, champion, reasons)
         _decision_tags(client, model_name, version, decision, champion)
         event = {"time": decision.time, "action": decision.decision, "version": version, "previous": champion}
         if decision.changed:
@@ -537,7 +639,10 @@ def load_model(uri: str) -> RegisteredEncoder:
         raise RegistryError(f"{uri}: the model has no (B, 3, T, J) -> (B, D) tensor signature")
     metadata = info.metadata or {}
     layout = metadata.get("layout") or facts.get("tags", {}).get("layout")
-    return RegisteredEncoder(graph, int(spec[2]), int(spec[3]), int(out[1]), layout, {"uri": uri, **facts})
+    normalise = bool(metadata.get("normalise_view", False))  # models logged before it was recorded: camera view
+    return RegisteredEncoder(
+        graph, int(spec[2]), int(spec[3]), int(out[1]), layout, {"uri": uri, **facts}, normalise
+    )
 
 
 def load_input_example(uri: str) -> np.ndarray:

@@ -32,7 +32,9 @@ class AugmentConfig:
     scale_p: float = 0.5
     scale_range: tuple[float, float] = (0.85, 1.15)
     rotate_p: float = 0.5
-    max_angle: float = 0.3  # radians, per axis, U[-max_angle, max_angle]
+    # radians, per axis (x, y, z), U[-a, a]; the paper: 0.3 for all three. y is the vertical axis of a
+    # view-normalised clip, so its range is the yaw: how far the camera may swing around the person.
+    max_angle: tuple[float, float, float] = (0.3, 0.3, 0.3)
     noise_p: float = 0.5
     noise_std: float = 0.01  # metres
     axis_zero_p: float = 0.1
@@ -121,9 +123,13 @@ def rotation_matrices(angles: Tensor) -> Tensor:
     return rz.view(b, 3, 3) @ ry.view(b, 3, 3) @ rx.view(b, 3, 3)
 
 
-def draw_angles(apply: Tensor, max_angle: float, generator: torch.Generator) -> Tensor:
-    """(B, 3) angles U[-max_angle, max_angle] about x, y, z; 0 where not `apply`."""
-    angles = (2.0 * torch.rand(apply.shape[0], 3, generator=generator) - 1.0) * max_angle
+def draw_angles(
+    apply: Tensor, max_angle: float | tuple[float, float, float], generator: torch.Generator
+) -> Tensor:
+    """(B, 3) angles U[-a, a] about x, y, z (`max_angle` one a for all axes, or one per axis); 0 where
+    not `apply`."""
+    limits = torch.as_tensor(max_angle, dtype=torch.float32).expand(3)
+    angles = (2.0 * torch.rand(apply.shape[0], 3, generator=generator) - 1.0) * limits
     return angles * apply[:, None]
 
 
@@ -153,8 +159,14 @@ def bone_scale(
     return apply_linear(x, eye, bone_scale_matrix(layout, scales))
 
 
-def rotate(x: Tensor, generator: torch.Generator, p: float = 0.5, max_angle: float = 0.3) -> Tensor:
-    """Rotate about the x, y and z axes by angles U[-max_angle, max_angle], with probability p."""
+def rotate(
+    x: Tensor,
+    generator: torch.Generator,
+    p: float = 0.5,
+    max_angle: float | tuple[float, float, float] = 0.3,
+) -> Tensor:
+    """Rotate about the x, y and z axes by angles U[-a, a] (one `max_angle` or one per axis), with
+    probability p."""
     rotation = rotation_matrices(draw_angles(draw_apply(x.shape[0], p, generator), max_angle, generator))
     b, c, t, j = x.shape
     return torch.bmm(rotation, x.reshape(b, c, t * j)).view(b, c, t, j)

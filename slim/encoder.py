@@ -154,6 +154,9 @@ class EncoderConfig:
     in_channels: int = 3
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
+    # The clip preparation the encoder expects (not used by forward): view-normalised input
+    # (slim.data.transforms.normalise_view). Evaluation, embedding and the registry read it from here.
+    normalise_view: bool = True
 
     def __post_init__(self):
         if self.ffn_hidden is None:
@@ -173,7 +176,7 @@ class SLiMEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_frames, self.patch_size = cfg.num_frames, cfg.patch_size
-        self.num_joints, self.dim = cfg.num_joints, cfg.dim
+        self.num_joints, self.dim, self.normalise_view = cfg.num_joints, cfg.dim, cfg.normalise_view
         self.feature_dim = 2 * cfg.dim
         self.num_prefix = 1 + cfg.num_registers
         p = cfg.patch_size

@@ -32,6 +32,7 @@ def load_encoder(path: str | Path, map_location: str = "cpu") -> nn.Module:
     state = load_checkpoint(path, map_location)
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
     config.pop("num_joints", None)  # the layout sets it
+    config.setdefault("normalise_view", False)  # files from before view normalisation saw camera-view clips
     encoder = build(state["method"], state["layout"], **config)
     encoder.load_state_dict(state["state_dict"])
     return encoder.eval()

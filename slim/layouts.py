@@ -20,7 +20,8 @@ class Layout:
     body part to its joints, ordered along the limb so that neighbours in the list are neighbours
     in the body (semantic tube masking draws contiguous runs of them). `mirror_pairs` lists
     (left, right) joints; joints not listed are their own mirror image. `centre` is the joint a clip
-    is centred on.
+    is centred on. `spine` (lower, upper) and `hips` (left, right) are the joints view normalisation
+    aligns: the spine with the vertical axis, the hip line with x (`slim.data.transforms.normalise_view`).
     """
 
     name: str
@@ -29,6 +30,8 @@ class Layout:
     mirror_pairs: tuple[tuple[int, int], ...]
     groups: dict[str, tuple[int, ...]]
     centre: int
+    spine: tuple[int, int]
+    hips: tuple[int, int]
 
     @property
     def num_joints(self) -> int:
@@ -89,8 +92,9 @@ class Layout:
             self.mirror_pairs
         ):
             raise ValueError(f"{self.name}: mirror pairs overlap")
-        if not 0 <= self.centre < n:
-            raise ValueError(f"{self.name}: centre joint {self.centre} out of range")
+        for what, joints in (("centre", (self.centre,)), ("spine", self.spine), ("hips", self.hips)):
+            if not all(0 <= j < n for j in joints) or len(set(joints)) != len(joints):
+                raise ValueError(f"{self.name}: {what} joints {joints} out of range or repeated")
 
 
 def _parents(num_joints: int, bones: list[tuple[int, int]]) -> tuple[int, ...]:
@@ -124,6 +128,8 @@ NTU25 = Layout(
         "right_leg": (16, 17, 18, 19),
     },
     centre=1,
+    spine=(0, 20),  # spine base -> spine shoulder
+    hips=(12, 16),
 )
 
 UCLA20 = Layout(
@@ -148,6 +154,8 @@ UCLA20 = Layout(
         "right_leg": (16, 17, 18, 19),
     },
     centre=1,
+    spine=(0, 2),  # hip centre -> shoulder centre
+    hips=(12, 16),
 )
 
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (NTU25, UCLA20)}

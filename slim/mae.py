@@ -37,6 +37,7 @@ class MAEConfig:
     decoder_heads: int = 8
     mask_ratio: float = 0.9
     norm_target: bool = True  # standardise each target patch (MAE's norm_pix_loss); False: raw motion
+    normalise_view: bool = True  # the clip preparation the encoder expects (see slim.encoder.EncoderConfig)
 
     def __post_init__(self):
         if self.num_frames % self.patch_size:
@@ -68,7 +69,7 @@ class MAEEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_frames, self.patch_size, self.num_joints = cfg.num_frames, cfg.patch_size, cfg.num_joints
-        self.feature_dim = cfg.dim
+        self.feature_dim, self.normalise_view = cfg.dim, cfg.normalise_view
         self.patch_embed = nn.Linear(cfg.patch_size * cfg.in_channels, cfg.dim)
         self.temporal_embed = nn.Parameter(torch.zeros(1, cfg.num_frames // cfg.patch_size, 1, cfg.dim))
         self.joint_embed = nn.Parameter(torch.zeros(1, 1, cfg.num_joints, cfg.dim))

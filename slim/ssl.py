@@ -21,6 +21,7 @@ from torch import nn
 from slim.encoder import EncoderConfig, SLiMEncoder
 from slim.heads import DINOHead
 from slim.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from slim.monitor import entropy_fraction
 from slim.teacher import ema_update
 from slim.views import Views
 
@@ -99,7 +100,9 @@ class SLiM(nn.Module):
 
     def forward(self, views: Views, teacher_temp: float) -> dict[str, torch.Tensor]:
         """Losses for one batch of views: `loss` (the weighted total to backpropagate) and the
-        unweighted terms `dino`, `ibot`, `koleo`.
+        unweighted terms `dino`, `ibot`, `koleo`; plus the collapse monitor (no gradient): the mean
+        entropy of the teacher's CLS and patch targets and of the student's global CLS predictions,
+        each as a fraction of ln K (1 = uniform, nothing to learn; 0 = one prototype per row).
 
         views.global_views (G*B, 3, T, J) view-major, views.global_masks (G*B, T//p, J) (True = masked;
         rows with no masked token are fine); views.local_views / local_masks: {frames: (n*B, 3, frames, J)
@@ -126,7 +129,14 @@ class SLiM(nn.Module):
         ibot = self.ibot_loss(patch_scores, patch_targets, masks)
         koleo = torch.stack([self.koleo_loss(c) for c in glob["cls"].split(batch)]).mean()
         loss = cfg.dino_weight * dino + cfg.mfm_weight * ibot + cfg.koleo_weight * koleo
-        return {"loss": loss, "dino": dino, "ibot": ibot, "koleo": koleo}
+        with torch.no_grad():
+            student_cls = torch.softmax(cls_scores[: cls_targets.shape[0]].float() / cfg.student_temp, dim=-1)
+            monitor = {
+                "teacher_cls_entropy": entropy_fraction(cls_targets),
+                "teacher_patch_entropy": entropy_fraction(patch_targets),
+                "student_cls_entropy": entropy_fraction(student_cls),
+            }
+        return {"loss": loss, "dino": dino, "ibot": ibot, "koleo": koleo, **monitor}
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups over the student's trainable parameters.

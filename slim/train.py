@@ -48,12 +48,13 @@ from slim.distributed import DistInfo, all_gather_object, all_reduce_mean, barri
 from slim.encoder import configure_param_groups
 from slim.export import save_encoder
 from slim.mae import MAE, MAEConfig
+from slim.monitor import MONITOR_KEYS, CollapseMonitor
 from slim.schedules import Schedules, scaled_lr
 from slim.ssl import SLiM, SLiMConfig
 from slim.views import ViewConfig
 
 METHODS = ("slim", "mae")
-LOSS_KEYS = {"slim": ("loss", "dino", "ibot", "koleo"), "mae": ("loss",)}
+LOSS_KEYS = {"slim": ("loss", "dino", "ibot", "koleo", *MONITOR_KEYS), "mae": ("loss",)}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Settings a resumed run may change: they do not touch the trajectory.
 RESUME_FREE = frozenset({"num_workers", "checkpoint_every", "keep_checkpoints"})
@@ -73,11 +74,14 @@ class TrainConfig:
     weight_decay: tuple[float, float] = (0.04, 0.2)
     momentum: tuple[float, float] = (0.994, 1.0)
     teacher_temp: tuple[float, float] = (0.04, 0.07)
+    teacher_temp_warmup: float = 0.2  # fraction of the steps over which teacher_temp warms up (paper: 30/150)
     freeze_last_layer_steps: int = 0
     clip_grad: float = 3.0
     precision: str = "fp32"  # fp32 | bf16 | fp16; CUDA only, CPU always runs fp32
     threads: int = 0  # torch intra-op threads of each process; 0 = torch's default (one per core)
     num_workers: int = 0
+    normalise_view: bool = True  # clips rotated to the canonical view (slim.data.transforms.normalise_view)
+    pad_frames: int = 0  # ping-pong pad shorter training clips to this length; 0 = never (the paper: 150)
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     model: dict[str, Any] = field(default_factory=dict)
@@ -129,14 +133,21 @@ def config_from_dict(cls: type, data: Any, where: str) -> Any:
         raise ValueError(f"{where}: {exc}") from exc
 
 
-def model_config(method: str, overrides: Mapping[str, Any], num_joints: int) -> SLiMConfig | MAEConfig:
-    """The pretraining model's config: defaults (the paper's), `overrides`, and the layout's joints."""
+def model_config(
+    method: str, overrides: Mapping[str, Any], num_joints: int, normalise_view: bool = True
+) -> SLiMConfig | MAEConfig:
+    """The pretraining model's config: defaults (the paper's), `overrides`, the layout's joints and
+    the run's clip preparation (`TrainConfig.normalise_view`, recorded in the encoder's config)."""
     encoder = overrides.get("encoder", {}) if method == "slim" else overrides
-    if not isinstance(encoder, Mapping) or "num_joints" in encoder:
-        raise ValueError("model: num_joints is set by the dataset's layout; give the encoder fields as a mapping")
+    if not isinstance(encoder, Mapping) or {"num_joints", "normalise_view"} & set(encoder):
+        raise ValueError(
+            "model: num_joints comes from the dataset's layout and normalise_view from the profile; "
+            "give the other encoder fields as a mapping"
+        )
+    fixed = {"num_joints": num_joints, "normalise_view": normalise_view}
     if method == "slim":
-        return config_from_dict(SLiMConfig, {**overrides, "encoder": {**encoder, "num_joints": num_joints}}, "model")
-    return config_from_dict(MAEConfig, {**overrides, "num_joints": num_joints}, "model")
+        return config_from_dict(SLiMConfig, {**overrides, "encoder": {**encoder, **fixed}}, "model")
+    return config_from_dict(MAEConfig, {**overrides, **fixed}, "model")
 
 
 def build_model(config: SLiMConfig | MAEConfig) -> SLiM | MAE:
@@ -310,7 +321,7 @@ def _run(
 ) -> dict:
     method = config.method
     amp_dtype = _amp_dtype(config.precision, device, info.is_main)
-    cfg = model_config(method, config.model, data.layout.num_joints)
+    cfg = model_config(method, config.model, data.layout.num_joints, config.normalise_view)
     views = config_from_dict(ViewConfig, config.views, "views") if method == "slim" else None
     torch.manual_seed(config.seed)
     core = build_model(cfg).to(device)
@@ -322,6 +333,7 @@ def _run(
         weight_decay=config.weight_decay,
         momentum=config.momentum,
         teacher_temp=config.teacher_temp,
+        teacher_temp_warmup_steps=round(config.teacher_temp_warmup * config.steps),
         freeze_last_layer_steps=config.freeze_last_layer_steps,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -351,7 +363,7 @@ def _run(
         )
     plan = BatchPlan(len(data.clips), config.batch_size, info.world_size, config.seed)
     mae_frames = cfg.num_frames if method == "mae" else 0
-    dataset = StepBatches(data, method, plan, info.rank, views, mae_frames)
+    dataset = StepBatches(data, method, plan, info.rank, views, mae_frames, config.pad_frames)
     loader = step_loader(dataset, start_step, config.steps, config.num_workers, device.type == "cuda")
 
     columns = ["step", *LOSS_KEYS[method], "grad_norm", "lr", "weight_decay"]
@@ -359,6 +371,8 @@ def _run(
     columns += ["clips_per_s"]
     plots = PlotsFile(out_dir / "plots.csv", columns, start_step) if info.is_main else None
     bar = _progress_bar(progress and info.is_main, config.steps, start_step, method)
+    monitor = CollapseMonitor(warmup=round(config.teacher_temp_warmup * config.steps))
+    warnings: list[str] = []  # this process's (a resumed run warns afresh)
 
     def checkpoint(next_step: int, elapsed_s: float) -> None:
         state = {
@@ -402,7 +416,14 @@ def _run(
             tick = now
             if info.is_main:
                 plots.write({"step": step, **last, **asdict(values), "clips_per_s": rate})
-                bar.set_postfix(loss=f"{last['loss']:.4f}", clips_s=f"{rate:.1f}", refresh=False)
+                postfix = {"loss": f"{last['loss']:.4f}", "clips_s": f"{rate:.1f}"}
+                if method == "slim":
+                    postfix["H_cls"] = f"{last['teacher_cls_entropy']:.2f}"
+                    postfix["H_patch"] = f"{last['teacher_patch_entropy']:.2f}"
+                bar.set_postfix(postfix, refresh=False)
+                for warning in monitor.update(step, last):
+                    warnings.append(warning)
+                    bar.write(f"warning: {warning}", file=sys.stderr)
                 bar.update()
                 done = step + 1
                 if done % config.checkpoint_every == 0 or done == config.steps:
@@ -434,6 +455,7 @@ def _run(
         "params": count_parameters(core),
         "encoder_params": count_parameters(student_encoder(core)),
         "resumed_from_step": start_step if latest is not None else None,
+        "collapse_warnings": warnings,
         "weights_sha256": digest,
     }
     if info.is_main:

@@ -27,6 +27,7 @@ from slim.augment import AugmentConfig, bone_scale, mirror, rotate
 from slim.data.transforms import eval_clip
 from slim.layouts import Layout
 from slim.masking import random_mask, tube_mask
+from slim.monitor import MONITOR_KEYS
 
 MAX_PANELS = 8  # temporal patches drawn as skeletons; the mask grid always shows all of them
 SCHEDULE_COLUMNS = ("lr", "weight_decay", "momentum", "teacher_temp")
@@ -195,13 +196,14 @@ def read_plots(path: str | Path) -> list[dict[str, str]]:
 
 
 def loss_curve_series(rows: list[dict[str, str]]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """{"losses" | "learning rate" | "clips/s": {column: (steps, values)}} from plots.csv rows; empty
-    cells (a column a run does not have) are left out."""
+    """{"losses" | "target entropy / ln K" | "learning rate" | "clips/s": {column: (steps, values)}}
+    from plots.csv rows; empty cells (a column a run does not have) are left out."""
     if not rows:
         raise ValueError("no plots.csv rows to draw")
     columns = [c for c in rows[0] if c != "step"]
     groups = {
-        "losses": [c for c in columns if c not in NOT_LOSSES],
+        "losses": [c for c in columns if c not in NOT_LOSSES and c not in MONITOR_KEYS],
+        "target entropy / ln K": [c for c in columns if c in MONITOR_KEYS],
         "learning rate": [c for c in columns if c == "lr"],
         "clips/s": [c for c in columns if c == "clips_per_s"],
     }

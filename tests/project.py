@@ -54,12 +54,15 @@ def make_project(root: Path, *, every: int = 12, pretrain: dict | None = None) -
     params["pretrain"]["profiles"]["tiny"] = pretrain or TINY_PRETRAIN
     params["evaluate"]["profile"] = "tiny"
     params["evaluate"]["profiles"]["tiny"] = TINY_EVALUATE
-    # Everything the `register` stage reads (dvc.yaml); no MAE and one anchor keep the DAG small.
-    params["evaluate"]["dag"] = {"methods": ["slim"], "frozen": ["linear", "knn"], "anchors": ["raw"],
+    # Everything the `register` stage reads (dvc.yaml): both anchors; no MAE keeps the DAG small.
+    params["evaluate"]["dag"] = {"methods": ["slim"], "frozen": ["linear", "knn"], "anchors": ["raw", "random"],
                                  "finetuned": ["semi10"], "finetuned_methods": ["slim"]}  # fmt: skip
+    # A 4-step encoder is not expected to beat random init: the flows' tests exercise the registry
+    # plumbing, the floor has its own tests (tests/pipeline/test_promote.py).
+    params["registry"]["floor_anchors"] = []
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / ".gitignore").write_text(
-        "/data/\n/models/\n/reports/\n/features/\n/mlflow.db\n/mlartifacts/\n/.prefect/\n"
+        "/data/\n/models/\n/reports/\n/features/\n/registry/\n/mlflow.db\n/mlartifacts/\n/.prefect/\n"
     )
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],

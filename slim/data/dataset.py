@@ -39,8 +39,11 @@ class TrainingClips:
     layout: Layout
 
 
-def load_training_clips(parquet: str | Path, sample_ids: Sequence[str]) -> TrainingClips:
-    """Read the sequences `sample_ids` from the dataset and prepare them; every id must be there."""
+def load_training_clips(
+    parquet: str | Path, sample_ids: Sequence[str], normalise_view: bool = True
+) -> TrainingClips:
+    """Read the sequences `sample_ids` from the dataset and prepare them (`prepare_clip`, view-normalised
+    unless `normalise_view` is False); every id must be there."""
     parquet = Path(parquet)
     wanted = sorted(set(sample_ids))
     if not wanted:
@@ -56,7 +59,7 @@ def load_training_clips(parquet: str | Path, sample_ids: Sequence[str]) -> Train
     clips = []
     for s in sequences:
         try:
-            clips.append(prepare_clip(s.joints, layout))
+            clips.append(prepare_clip(s.joints, layout, normalise=normalise_view))
         except ValueError as exc:
             raise ValueError(f"{parquet}: sample {s.sample_id}: {exc}") from exc
     return TrainingClips(tuple(s.sample_id for s in sequences), tuple(clips), layout)
@@ -133,9 +136,10 @@ class Batch:
 class StepBatches(Dataset):
     """Map-style dataset over step indices: `dataset[step]` is this rank's `Batch` of that step.
 
-    method "slim": each sample is `training_clip` (one random person, ping-pong padded), the batch
-    becomes global and local views (`make_views`). method "mae": the same clip, then a random crop of
-    U[0.5, 1] of it resampled to `mae_frames` frames (MAMP's only augmentation).
+    method "slim": each sample is `training_clip` (one random person, ping-pong padded to `pad_frames`
+    if shorter; 0 = never padded), the batch becomes global and local views (`make_views`). method
+    "mae": the same clip, then a random crop of U[0.5, 1] of it resampled to `mae_frames` frames
+    (MAMP's only augmentation).
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class StepBatches(Dataset):
         rank: int = 0,
         views: ViewConfig | None = None,
         mae_frames: int = 120,
+        pad_frames: int = 0,
     ) -> None:
         if method not in ("slim", "mae"):
             raise ValueError(f"unknown pretraining method {method!r}; known: mae, slim")
@@ -153,10 +158,10 @@ class StepBatches(Dataset):
             raise ValueError(f"batch plan for {plan.num_samples} samples, data has {len(data.clips)}")
         self.data, self.method, self.plan, self.rank = data, method, plan, rank
         self.views = views or ViewConfig()
-        self.mae_frames = mae_frames
+        self.mae_frames, self.pad_frames = mae_frames, pad_frames
 
     def _clip(self, row: int, rng: np.random.Generator) -> np.ndarray:
-        clip = training_clip(self.data.clips[row], rng)  # (3, T, J)
+        clip = training_clip(self.data.clips[row], rng, self.pad_frames)  # (3, T, J)
         if self.method == "mae":
             cropped = random_crop_resample(np.moveaxis(clip, 1, 0), self.mae_frames, (0.5, 1.0), rng)
             clip = np.ascontiguousarray(np.moveaxis(cropped, 0, 1))

@@ -59,6 +59,9 @@ PROTOCOLS: dict[str, Protocol] = {
                  _everything, lambda s: (s.setup or 0) % 2 == 0),
         Protocol("ucla-xview", "nw-ucla", "NW-UCLA cross-view: train views 1 and 2, test view 3",
                  _everything, lambda s: s.view in (1, 2)),
+        # Carved from ucla-xview's training views, for choosing settings; view 3 is never read.
+        Protocol("ucla-xview-val", "nw-ucla", "NW-UCLA cross-view validation: train view 1, test view 2",
+                 lambda s: s.view in (1, 2), lambda s: s.view == 1),
     )
 }  # fmt: skip
 

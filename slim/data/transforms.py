@@ -3,8 +3,8 @@
 A stored clip is float32 `(frames, bodies, joints, 3)` with NaN where a body is absent (see
 `slim.data.sequence`). The steps, each a pure function:
 
-    clean = prepare_clip(joints, layout)           # pick bodies, drop invalid frames, centre
-    x = training_clip(clean, rng)                  # (3, T, J) one random person, ping-pong padded
+    clean = prepare_clip(joints, layout)           # pick bodies, drop invalid frames, centre, face the view
+    x = training_clip(clean, rng)                  # (3, T, J) one random person
     x = eval_clip(clean, frames=64)                # (M, 3, 64, J) whole clip, absent persons zero
 
 Temporal crops and resampling work in continuous frame-index space: a crop is an interval
@@ -65,17 +65,62 @@ def select_bodies(joints: np.ndarray, max_bodies: int) -> np.ndarray:
     return out
 
 
+def _reference_frame(joints: np.ndarray, layout: Layout) -> int | None:
+    """The first frame where the first body's centre joint is present (None if it never is)."""
+    finite = np.isfinite(joints[:, 0, layout.centre]).all(axis=1)
+    return int(np.argmax(finite)) if finite.any() else None
+
+
 def centre_clip(joints: np.ndarray, layout: Layout) -> np.ndarray:
     """Translate so that the first body's centre joint at its first present frame is the origin.
 
     That is frame 0 whenever the first body is present there; NaN (absent) entries stay NaN, and a
     clip with no present first body is returned unchanged.
     """
-    origin = joints[:, 0, layout.centre]  # (T, 3)
-    finite = np.isfinite(origin).all(axis=1)
-    if not finite.any():
+    frame = _reference_frame(joints, layout)
+    if frame is None:
         return joints.copy()
-    return (joints - origin[np.argmax(finite)]).astype(np.float32)
+    return (joints - joints[frame, 0, layout.centre]).astype(np.float32)
+
+
+def view_rotation(pose: np.ndarray, layout: Layout) -> np.ndarray | None:
+    """(3, 3) rotation taking one pose `(J, 3)` to its body frame, or None if the pose is degenerate.
+
+    Rows are the body's axes in camera coordinates: y along the spine (`layout.spine`, lower -> upper),
+    x along the hip line (`layout.hips`, right -> left) made orthogonal to y, z = x cross y. A proper
+    rotation (no reflection), so left stays left.
+    """
+    up = pose[layout.spine[1]] - pose[layout.spine[0]]
+    across = pose[layout.hips[0]] - pose[layout.hips[1]]
+    if not (np.isfinite(up).all() and np.isfinite(across).all()):
+        return None
+    norm_up = np.linalg.norm(up)
+    if norm_up < 1e-6:
+        return None
+    y = up / norm_up
+    across = across - (across @ y) * y
+    norm_across = np.linalg.norm(across)
+    if norm_across < 1e-6 * max(norm_up, 1.0):
+        return None
+    x = across / norm_across
+    return np.stack([x, y, np.cross(x, y)]).astype(np.float64)
+
+
+def normalise_view(joints: np.ndarray, layout: Layout) -> np.ndarray:
+    """Rotate the clip so the first body's reference pose faces the canonical view.
+
+    The reference pose is the first body at its first present frame (the frame `centre_clip` centres
+    on): its spine becomes the y axis and its hip line the x axis, as the NTU pre-normalisation of the
+    widely used skeleton toolkits does (they align the spine with an axis and the hip or shoulder line
+    with x). Every frame and body gets the same rotation, so motion and the relative placement of two
+    people are kept; cross-view retrieval no longer depends on where the camera stood. A clip whose
+    reference pose is degenerate (no body, zero-length spine, hips along the spine) is returned as is.
+    """
+    frame = _reference_frame(joints, layout)
+    rotation = None if frame is None else view_rotation(joints[frame, 0].astype(np.float64), layout)
+    if rotation is None:
+        return joints.copy()
+    return (joints.astype(np.float64) @ rotation.T).astype(np.float32)
 
 
 def pingpong_pad(joints: np.ndarray, min_frames: int) -> np.ndarray:
@@ -126,8 +171,11 @@ def random_crop_resample(
     return interpolate_frames(joints, resample_positions(start, extent, frames))
 
 
-def prepare_clip(joints: np.ndarray, layout: Layout, max_bodies: int = 2) -> np.ndarray:
-    """Stored `(T, M, J, 3)` -> cleaned `(T', max_bodies, J, 3)`: chosen bodies, valid frames, centred.
+def prepare_clip(
+    joints: np.ndarray, layout: Layout, max_bodies: int = 2, normalise: bool = True
+) -> np.ndarray:
+    """Stored `(T, M, J, 3)` -> cleaned `(T', max_bodies, J, 3)`: chosen bodies, valid frames, centred
+    and, with `normalise`, rotated to the canonical view (`normalise_view`).
 
     Raises ValueError when no frame holds a valid body.
     """
@@ -137,7 +185,8 @@ def prepare_clip(joints: np.ndarray, layout: Layout, max_bodies: int = 2) -> np.
     valid = drop_invalid_frames(select_bodies(joints, max_bodies))
     if valid.shape[0] == 0:
         raise ValueError("clip has no frame with a valid body")
-    return centre_clip(valid, layout)
+    centred = centre_clip(valid, layout)
+    return normalise_view(centred, layout) if normalise else centred
 
 
 def to_channels_first(joints: np.ndarray) -> np.ndarray:
@@ -146,19 +195,20 @@ def to_channels_first(joints: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(moved, dtype=np.float32)
 
 
-def training_clip(clean: np.ndarray, rng: np.random.Generator, min_frames: int = 64) -> np.ndarray:
-    """One person of a prepared clip as a pretraining tensor `(3, T, J)`, T >= `min_frames`.
+def training_clip(clean: np.ndarray, rng: np.random.Generator, min_frames: int = 0) -> np.ndarray:
+    """One person of a prepared clip as a pretraining tensor `(3, T, J)`.
 
     The person is drawn uniformly among the bodies present; only the frames where it is present are
-    kept, then the clip is ping-pong padded (default: to the 64 frames of a global view, so that a
-    global crop never stretches fewer than 32 frames). Coordinates stay in the clip's frame (centred on the
-    first body), as the evaluation input sees them.
+    kept. With `min_frames` > 0 a shorter clip is ping-pong padded to that length (the paper pads to
+    150 frames); with 0 (the default) it is left as it is and crops resample it instead, as the
+    test-time input does: padding appends time-reversed motion, and NW-UCLA, where 83% of the clips
+    are shorter than 64 frames, has actions that are each other's reversal (sit down / stand up).
     """
     present = body_presence(clean)
     bodies = np.flatnonzero(present.any(axis=0))
     body = bodies[rng.integers(len(bodies))]
     person = clean[present[:, body], body]  # (T_b, J, 3)
-    return to_channels_first(pingpong_pad(person, min_frames))
+    return to_channels_first(pingpong_pad(person, min_frames) if min_frames else person)
 
 
 def eval_clip(clean: np.ndarray, frames: int = 64) -> np.ndarray:

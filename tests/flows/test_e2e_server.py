@@ -134,6 +134,6 @@ def test_deployed_retrain_runs_on_a_worker_and_registers_a_version(stack):
     )
     out = run(stack, py, "-c", check).stdout.split()
     assert out[0] == "2" and "champion" in " ".join(out[1:]) and "challenger" in " ".join(out[1:])
-    registered = json.loads((stack["root"] / "reports" / "registry" / "slim-encoder.json").read_text())
+    registered = json.loads((stack["root"] / "registry" / "slim-encoder.json").read_text())
     assert registered["version"] == 2
     assert run(stack, py, "-m", "dvc", "status").stdout.strip() in ("", "Data and pipelines are up to date.")

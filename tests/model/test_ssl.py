@@ -9,6 +9,7 @@ import torch
 from slim.data.transforms import prepare_clip, training_clip
 from slim.encoder import EncoderConfig
 from slim.layouts import get_layout
+from slim.monitor import MONITOR_KEYS
 from slim.schedules import Schedules
 from slim.ssl import SLiM, SLiMConfig
 from slim.views import ViewConfig, Views, collate_clips, make_views
@@ -58,8 +59,10 @@ def model() -> SLiM:
 def test_forward_returns_finite_losses_and_total(model, views):
     assert views.global_masks.any() and not views.global_masks.all()
     out = model(views, teacher_temp=0.04)
-    assert set(out) == {"loss", "dino", "ibot", "koleo"}
+    assert set(out) == {"loss", "dino", "ibot", "koleo", *MONITOR_KEYS}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
+    # the collapse monitor: entropies as fractions of ln K, carrying no gradient
+    assert all(0.0 < out[k].item() < 1.0 and not out[k].requires_grad for k in MONITOR_KEYS)
     cfg = model.cfg
     expected = cfg.dino_weight * out["dino"] + cfg.mfm_weight * out["ibot"] + cfg.koleo_weight * out["koleo"]
     torch.testing.assert_close(out["loss"], expected)

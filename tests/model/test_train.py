@@ -158,7 +158,7 @@ def test_epochs_cover_each_clip_once_and_ranks_split_the_batch(data):
         ("slim", {}, {"global_mask": {"ratio": 0.5}}, "views.global_mask: unknown key"),
         ("slim", {}, {"local_frames": [12]}, "multiple of the patch size"),
         ("mae", {"mask_ratio": 1.5}, {}, "mask_ratio must be in"),
-        ("mae", {"num_joints": 25}, {}, "set by the dataset's layout"),
+        ("mae", {"num_joints": 25}, {}, "comes from the dataset's layout"),
     ],
 )
 def test_bad_model_settings_are_clear_errors(method, model, views, message):

@@ -42,7 +42,7 @@ def project(tmp_path_factory) -> Path:
     _run(["git", "init", "-q"], root)
     _run([sys.executable, "-m", "dvc", "init", "-q"], root)
     _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
-    _run([sys.executable, "-m", "dvc", "repro", "split"], root)
+    _run([sys.executable, "-m", "dvc", "repro", "ingest", "split"], root)  # NTU is ingested, not split
     return root
 
 
@@ -63,10 +63,10 @@ def test_repro_writes_protocol_splits(project):
 
 
 def test_second_repro_is_a_no_op_and_status_is_clean(project):
-    out = _run([sys.executable, "-m", "dvc", "repro", "split"], project)
+    out = _run([sys.executable, "-m", "dvc", "repro", "ingest", "split"], project)
     assert "didn't change, skipping" in out or "up to date" in out
     assert "Running stage" not in out
-    assert "up to date" in _run([sys.executable, "-m", "dvc", "status", "split"], project)
+    assert "up to date" in _run([sys.executable, "-m", "dvc", "status", "ingest", "split"], project)
 
 
 def test_metrics_show_lists_ingestion_counts(project):

@@ -57,6 +57,8 @@ def test_embedding_from_champion_equals_checkpoint_and_evaluation_features(store
     assert reg.dtype == np.float32 and reg.shape == (rows, 2 * 2 * 32)  # 2 persons x [CLS, mean patch]
     np.testing.assert_allclose(reg, file_emb, atol=1e-5)
     assert meta["slim.embed.version"] == str(store["version"]) and meta["slim.embed.layout"] == "ucla20"
+    # the registered model carries the clip preparation: served clips are view-normalised as evaluated ones
+    assert meta["slim.embed.normalise_view"] == "true"
     assert meta["slim.embed.resolved"] == f"models:/{NAME}/{store['version']}"
 
     # the same numbers as the evaluation's frozen features (features@ stage) for the split's samples

@@ -74,7 +74,7 @@ def log_tiny(encoder_path: Path, data: Path) -> str:
     encoder = load_encoder(encoder_path)
     with tracking.stage_run("register", dataset="nw-ucla") as run:
         assert run is not None
-        return registry.log_encoder(encoder, real_clips(data, "ucla20", encoder.num_frames, 2), layout="ucla20").model_uri
+        return registry.log_encoder(encoder, real_clips(data, "ucla20", encoder.num_frames, 2, encoder.normalise_view), layout="ucla20").model_uri
 
 
 def register_with(model_uri: str, name: str, reports: Path, top1: dict[str, float]) -> int:
@@ -114,13 +114,15 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def evaluated(ucla_subset, tmp_path_factory) -> dict[str, Path]:
-    """A tiny real encoder evaluated (linear, knn) on the real subset by `slim evaluate`."""
+    """A tiny real encoder and the raw/random anchors evaluated (linear, knn) on the real subset by
+    `slim evaluate`, as the DAG does before `register` (which reads the anchors for the floor)."""
     root = tmp_path_factory.mktemp("registry")
     params = write_params(root / "params.yaml")
     encoder = save_tiny(root / "encoder.pt")
     for protocol in ("linear", "knn"):
-        evaluate(protocol, str(encoder), ucla_subset["split"], ucla_subset["data"], root / "reports" / protocol / "slim",
-                 params_path=params)  # fmt: skip
+        for spec, name in ((str(encoder), "slim"), ("random", "random"), ("raw", "raw")):
+            evaluate(protocol, spec, ucla_subset["split"], ucla_subset["data"], root / "reports" / protocol / name,
+                     params_path=params)  # fmt: skip
     return {"root": root, "params": params, "encoder": encoder, **ucla_subset}
 
 
@@ -166,7 +168,7 @@ def test_register_stage_tags_alias_and_loads_back(evaluated, tmp_path, monkeypat
 
     # the input example is real clips, batch >= 2; the pt2 model takes any batch size
     loaded = registry.load_model(f"models:/{name}@challenger")
-    clips = real_clips(evaluated["data"], "ucla20", encoder.num_frames, 37)
+    clips = real_clips(evaluated["data"], "ucla20", encoder.num_frames, 37, encoder.normalise_view)
     for batch in (1, 2, 37):
         with torch.no_grad():
             torch.testing.assert_close(loaded(clips[:batch]), encoder(clips[:batch]), atol=1e-5, rtol=1e-4)
@@ -219,6 +221,6 @@ def test_register_promote_load_through_a_server(evaluated, mlflow_server, tmp_pa
     loaded = registry.load_model(f"models:/{name}@champion")
     assert loaded.source["version"] == 1
     encoder = load_encoder(evaluated["encoder"])
-    clips = real_clips(evaluated["data"], "ucla20", encoder.num_frames, 3)
+    clips = real_clips(evaluated["data"], "ucla20", encoder.num_frames, 3, encoder.normalise_view)
     with torch.no_grad():
         torch.testing.assert_close(loaded(clips), encoder(clips), atol=1e-5, rtol=1e-4)

@@ -162,3 +162,15 @@ def test_augment_is_deterministic_given_the_generator(case):
     augment = A.Augment(layout)
     torch.testing.assert_close(augment(x, gen(7)), augment(x, gen(7)))
     assert not torch.allclose(augment(x, gen(7)), augment(x, gen(8)))
+
+
+def test_rotation_ranges_are_per_axis():
+    """A yaw-heavy range (about y, the vertical axis of a view-normalised clip) draws each axis within
+    its own limit; one number is the paper's shared limit."""
+    g = torch.Generator().manual_seed(0)
+    apply = torch.ones(4000, dtype=torch.bool)
+    angles = A.draw_angles(apply, (0.1, 0.5, 0.2), g)
+    limits = torch.tensor([0.1, 0.5, 0.2])
+    assert (angles.abs() <= limits).all() and (angles.abs().amax(0) > 0.9 * limits).all()
+    shared = A.draw_angles(apply, 0.3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shared, A.draw_angles(apply, (0.3, 0.3, 0.3), torch.Generator().manual_seed(0)))

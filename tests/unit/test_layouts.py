@@ -50,13 +50,13 @@ def test_known_layout_facts():
 
 
 def test_validate_rejects_broken_layouts():
-    cycle = Layout("bad", ("a", "b", "c"), (-1, 2, 1), (), {"trunk": (0, 1, 2)}, 0)
+    cycle = Layout("bad", ("a", "b", "c"), (-1, 2, 1), (), {"trunk": (0, 1, 2)}, 0, (0, 1), (1, 2))
     with pytest.raises(ValueError, match="not a tree"):
         cycle.validate()
-    overlap = Layout("bad", ("a", "b"), (-1, 0), (), {"trunk": (0, 1), "left_arm": (1,)}, 0)
+    overlap = Layout("bad", ("a", "b"), (-1, 0), (), {"trunk": (0, 1), "left_arm": (1,)}, 0, (0, 1), (0, 1))
     with pytest.raises(ValueError, match="partition"):
         overlap.validate()
-    two_roots = Layout("bad", ("a", "b"), (-1, -1), (), {"trunk": (0, 1)}, 0)
+    two_roots = Layout("bad", ("a", "b"), (-1, -1), (), {"trunk": (0, 1)}, 0, (0, 1), (0, 1))
     with pytest.raises(ValueError, match="one root"):
         two_roots.validate()
 

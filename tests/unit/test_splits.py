@@ -33,9 +33,14 @@ def test_ucla_cross_view():
         "train": ["a01_s01_e00_v01", "a01_s01_e00_v02"],
         "test": ["a01_s01_e00_v03"],
     }
+    # the validation carve reads only ucla-xview's training views: the test view stays unseen
+    assert split_samples(get_protocol("ucla-xview-val"), samples) == {
+        "train": ["a01_s01_e00_v01"],
+        "test": ["a01_s01_e00_v02"],
+    }
 
 
 def test_unknown_protocol_lists_known():
     with pytest.raises(ValueError, match="ucla-xview"):
         get_protocol("ntu60-xfoo")
-    assert len(PROTOCOLS) == 5
+    assert len(PROTOCOLS) == 6

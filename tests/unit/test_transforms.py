@@ -53,7 +53,7 @@ def test_drop_invalid_frames(ucla_sequences):
 
 def test_centre_puts_first_body_centre_joint_of_frame_zero_at_origin(ucla_sequences):
     for seq in ucla_sequences:
-        clean = T.prepare_clip(seq.joints, UCLA)
+        clean = T.prepare_clip(seq.joints, UCLA, normalise=False)
         np.testing.assert_allclose(clean[0, 0, UCLA.centre], 0.0, atol=1e-6)
         offset = seq.joints[0, 0] - clean[0, 0]
         np.testing.assert_allclose(
@@ -121,7 +121,8 @@ def test_single_frame_sequence(ucla_dir):
     seq = read_ucla_file(ucla_dir / "a02_s09_e04_v02.json")
     assert seq.num_frames == 1
     clean = T.prepare_clip(seq.joints, UCLA)
-    clip = T.training_clip(clean, np.random.default_rng(0))
+    assert T.training_clip(clean, np.random.default_rng(0)).shape == (3, 1, 20)
+    clip = T.training_clip(clean, np.random.default_rng(0), 64)
     assert clip.shape == (3, 64, 20) and np.isfinite(clip).all()
     np.testing.assert_array_equal(clip, np.broadcast_to(clip[:, :1], clip.shape))
     assert T.eval_clip(clean, 64).shape == (2, 3, 64, 20)
@@ -170,3 +171,61 @@ def test_prepare_clip_rejects_empty_and_misshaped():
         T.prepare_clip(np.full((4, 1, 20, 3), np.nan, dtype=np.float32), UCLA)
     with pytest.raises(ValueError, match="25"):
         T.prepare_clip(np.zeros((4, 1, 20, 3), dtype=np.float32), NTU)
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random proper rotation (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def test_a_rotated_and_moved_clip_normalises_to_the_same_clip(ucla_sequences, ntu_two_body):
+    rng = np.random.default_rng(0)
+    for joints, layout in [*((s.joints, UCLA) for s in ucla_sequences), (ntu_two_body, NTU)]:
+        reference = T.prepare_clip(joints, layout)
+        rotation, shift = random_rotation(rng), rng.normal(size=3)
+        moved = (joints.astype(np.float64) @ rotation.T + shift).astype(np.float32)
+        np.testing.assert_allclose(T.prepare_clip(moved, layout), reference, atol=1e-4)
+        # without normalisation the camera's view stays in the clip
+        assert not np.allclose(T.prepare_clip(moved, layout, normalise=False), reference, atol=1e-2)
+
+
+def test_normalised_reference_pose_has_spine_up_and_hips_along_x(ucla_sequences, ntu_two_body):
+    for joints, layout in [*((s.joints, UCLA) for s in ucla_sequences), (ntu_two_body, NTU)]:
+        pose = T.prepare_clip(joints, layout)[0, 0]
+        up = pose[layout.spine[1]] - pose[layout.spine[0]]
+        across = pose[layout.hips[0]] - pose[layout.hips[1]]
+        np.testing.assert_allclose(up[[0, 2]], 0.0, atol=1e-5)
+        assert up[1] > 0
+        np.testing.assert_allclose(across[2], 0.0, atol=1e-5)
+        assert across[0] > 0
+        np.testing.assert_allclose(pose[layout.centre], 0.0, atol=1e-6)
+
+
+def test_normalisation_keeps_bone_lengths_and_handedness(ucla_sequences):
+    joints = ucla_sequences[0].joints
+    plain, normalised = T.prepare_clip(joints, UCLA, normalise=False), T.prepare_clip(joints, UCLA)
+    bones = np.array(UCLA.bones)
+    length = lambda x: np.linalg.norm(x[:, :, bones[:, 0]] - x[:, :, bones[:, 1]], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(length(normalised), length(plain), rtol=1e-4, atol=1e-6)
+    # a proper rotation: the signed volume of three bones keeps its sign
+    volume = lambda x: np.linalg.det(x[0, 0, [4, 8, 3]] - x[0, 0, 2])  # noqa: E731
+    assert np.sign(volume(normalised)) == np.sign(volume(plain))
+
+
+def test_degenerate_reference_pose_is_left_as_it_is():
+    x = ramp(6)  # every joint at the same place in each frame: no spine, no hips
+    np.testing.assert_array_equal(T.normalise_view(x, UCLA), x)
+    assert T.view_rotation(np.zeros((20, 3)), UCLA) is None
+    pose = np.zeros((20, 3))
+    pose[UCLA.spine[1]] = [0.0, 1.0, 0.0]
+    pose[UCLA.hips[0]] = [0.0, 0.5, 0.0]  # hip line along the spine
+    assert T.view_rotation(pose, UCLA) is None
+
+
+def test_training_clip_pads_only_when_asked(ucla_sequences):
+    clean = T.prepare_clip(ucla_sequences[0].joints, UCLA)
+    rng = np.random.default_rng(0)
+    assert T.training_clip(clean, rng).shape[1] == clean.shape[0]
+    assert T.training_clip(clean, rng, clean.shape[0] + 30).shape[1] == clean.shape[0] + 30
