@@ -24,11 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.evaluate import clip_tensor, load_eval_data  # noqa: E402
+from pipeline.evaluate import frozen_features, load_eval_data  # noqa: E402
 from pipeline.split import read_split  # noqa: E402
 from slim.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
 from slim.data.dataset import load_training_clips  # noqa: E402
-from slim.evaluation import LinearProbeConfig, extract_features, knn_evaluate, linear_probe  # noqa: E402
+from slim.evaluation import LinearProbeConfig, knn_evaluate, linear_probe  # noqa: E402
 from slim.train import TrainConfig, build_model, model_config, pretrain, student_encoder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "recipe-search.jsonl"
@@ -38,10 +38,7 @@ DEFAULTS = {"method": "slim", "steps": 200, "batch_size": 32, "lr": 2e-3, "threa
 
 def score(encoder: torch.nn.Module, data) -> dict[str, float]:
     """kNN-1, kNN-20 and linear-probe top-1 of the encoder's frozen features on the validation split."""
-    features = [
-        extract_features(encoder, clip_tensor(part, data.layout, encoder.num_frames, encoder.normalise_view))
-        for part in (data.train, data.test)
-    ]
+    features = frozen_features(encoder, data, batch_size=64, progress=False)
     args = (features[0], data.train.labels, features[1], data.test.labels, len(data.class_names))
     knn = knn_evaluate(*args, ks=(1, 20))
     linear = linear_probe(*args, LinearProbeConfig(epochs=100, lr=1e-2, batch_size=256))

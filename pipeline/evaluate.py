@@ -339,8 +339,9 @@ def split_features(
 ) -> SplitFeatures:
     """The frozen features of both sides of the split (what `slim features` writes)."""
     encoder = encoder_for(spec, data, params_path, profile.seed)
-    normalise = load_profile(params_path, "pretrain", None)[1].normalise_view  # the raw anchor's preparation
-    train, test = frozen_features(encoder, data, profile.batch_size, progress, normalise)
+    # the raw anchor is prepared as the pretrain profile's encoders are; an encoder carries its own
+    raw_normalise = spec.kind != "raw" or load_profile(params_path, "pretrain", None)[1].normalise_view
+    train, test = frozen_features(encoder, data, profile.batch_size, progress, raw_normalise)
     return SplitFeatures(spec.name, data.split, data.layout.name, data.train.ids, train, data.test.ids, test)
 
 

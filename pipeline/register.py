@@ -134,6 +134,11 @@ def collect_anchor_metrics(
                 f"registry.floor_anchors has {anchor!r}, which evaluate.dag.anchors ({', '.join(evaluated) or 'none'}) "
                 f"does not evaluate: add {anchor!r} to evaluate.dag.anchors (or drop it from the floor)"
             )
+    own_paths = {protocol: Path(reports_root) / protocol / method / "metrics.json" for protocol in protocols}
+    own_reports = {
+        protocol: read_report(path, protocol, layout, f"evaluate the encoder under {protocol!r} first")
+        for protocol, path in own_paths.items()
+    }
     out: dict[str, dict[str, float]] = {}
     for anchor in evaluated:
         for protocol in protocols:
@@ -145,8 +150,7 @@ def collect_anchor_metrics(
                 f"evaluate.dag.anchors and run `dvc repro` (stage anchor@{protocol}-{anchor})"
             )
             doc = read_report(path, protocol, layout, advice)
-            own_path = Path(reports_root) / protocol / method / "metrics.json"
-            own = read_report(own_path, protocol, layout, f"evaluate the encoder under {protocol!r} first")
+            own_path, own = own_paths[protocol], own_reports[protocol]
             for key in SAME_EVALUATION:
                 if key in doc and key in own and doc[key] != own[key]:
                     raise ValueError(

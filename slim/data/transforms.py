@@ -103,7 +103,7 @@ def view_rotation(pose: np.ndarray, layout: Layout) -> np.ndarray | None:
     if norm_across < 1e-6 * max(norm_up, 1.0):
         return None
     x = across / norm_across
-    return np.stack([x, y, np.cross(x, y)]).astype(np.float64)
+    return np.stack([x, y, np.cross(x, y)])
 
 
 def normalise_view(joints: np.ndarray, layout: Layout) -> np.ndarray:
